@@ -1,0 +1,86 @@
+"""`ssodkit evaluate`: COCO box metrics of a results file or of a checkpoint."""
+
+from __future__ import annotations
+
+import enum
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+
+from ssodkit.errors import SsodkitError
+
+
+class BackendName(str, enum.Enum):
+    auto = "auto"
+    faster_coco_eval = "faster_coco_eval"
+    pycocotools = "pycocotools"
+
+
+def register(app: typer.Typer) -> None:
+    app.command("evaluate")(evaluate)
+
+
+def evaluate(
+    ann: Annotated[Path, typer.Option("--ann", help="Ground-truth COCO JSON.")],
+    predictions: Annotated[
+        Path | None, typer.Option("--predictions", help="COCO results JSON to score.")
+    ] = None,
+    checkpoint: Annotated[
+        Path | None, typer.Option("--checkpoint", help="Checkpoint to run on the images and score.")
+    ] = None,
+    images: Annotated[
+        Path | None, typer.Option("--images", help="Image root folder (for --checkpoint).")
+    ] = None,
+    backend: Annotated[
+        BackendName, typer.Option("--backend", help="COCO evaluator; auto prefers faster_coco_eval.")
+    ] = BackendName.auto,
+    out: Annotated[
+        Path | None,
+        typer.Option("--out", help="Write the metrics JSON here (and, with --checkpoint, the results)."),
+    ] = None,
+    per_class: Annotated[bool, typer.Option("--per-class/--no-per-class", help="Show AP per class.")] = True,
+) -> None:
+    """Score detections with the COCO box metrics (AP, AP50, AP75, APs/m/l, AR)."""
+    if (predictions is None) == (checkpoint is None):
+        raise SsodkitError("give exactly one of --predictions PATH or --checkpoint PATH")
+    if predictions is not None:
+        result = evaluate_predictions(ann, predictions, backend=backend.value, out=out)
+        source = predictions.name
+    else:
+        from ssodkit.engine.predict import evaluate_checkpoint
+
+        result = evaluate_checkpoint(
+            checkpoint=checkpoint, ann=ann, images=images, backend=backend.value, out=out
+        )
+        source = checkpoint.name
+    _show(result, f"COCO bbox: {source}", per_class=per_class)
+
+
+def evaluate_predictions(ann: Path, predictions: Path, *, backend: str, out: Path | None) -> Any:
+    """Score a results file against a GT file; write the metrics JSON when `out` is given."""
+    from ssodkit.evaluation.coco_eval import evaluate_coco
+    from ssodkit.io import write_json_atomic
+
+    from ssodkit.data.coco import load_coco, load_results
+
+    # Only boxes are scored, so the image files need not be present.
+    dataset = load_coco(ann, check_images="none")
+    results = load_results(predictions, dataset)
+    result = evaluate_coco(dataset.to_dict(), results, backend=backend)
+    if out is not None:
+        write_json_atomic(out, result.model_dump(mode="json"))
+    return result
+
+
+def _show(result: Any, title: str, *, per_class: bool) -> None:
+    from ssodkit.evaluation.coco_eval import per_class_table, results_table
+
+    console = Console()
+    console.print(results_table(result, title))
+    console.print(
+        f"{result.num_images} images, {result.num_detections} detections, backend {result.backend}"
+    )
+    if per_class and result.per_class:
+        console.print(per_class_table(result))

@@ -1,0 +1,243 @@
+"""Run configuration: pydantic models, YAML recipes, CLI overrides.
+
+Precedence: model defaults < recipe YAML (with optional `_base_` chain) < CLI flags <
+`--set section.key=value`. Every value is validated; a bad one gives one line naming the
+field, the value and why. The resolved config is saved in the run folder.
+"""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from ssodkit.detectors.config import DetectorConfig
+from ssodkit.errors import ConfigError
+from ssodkit.views.config import ViewConfig
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DataConfig(_Section):
+    """Where the images and annotations are. No paths → the embedded synthetic data set."""
+
+    train_ann: Path | None = Field(None, description="labeled COCO JSON")
+    train_images: Path | None = Field(None, description="image root of train_ann")
+    val_ann: Path | None = None
+    val_images: Path | None = None
+    unlabeled: Path | None = Field(None, description="COCO JSON (annotations ignored) or image folder")
+    unlabeled_images: Path | None = None
+    labeled_percent: float | None = Field(
+        None, gt=0, lt=100, description="split train_ann COCO-standard style before training"
+    )
+    fold: int = Field(1, ge=1, description="seed of the labeled split (1..5 in the literature)")
+    synthetic_seed: int = 0
+    skip_invalid: bool = False
+    num_workers: int = Field(2, ge=0)
+
+    @property
+    def synthetic(self) -> bool:
+        return self.train_ann is None
+
+
+class MethodConfig(BaseModel):
+    """The SSOD method's name plus its own parameters (validated by the method)."""
+
+    model_config = ConfigDict(extra="allow", validate_assignment=True)
+
+    name: str = "supervised"
+
+    @property
+    def params(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+
+class OptimConfig(_Section):
+    name: Literal["sgd", "adamw"] = "sgd"
+    lr: float = Field(0.01, gt=0)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    weight_decay: float = Field(1e-4, ge=0)
+    grad_clip: float | None = Field(20.0, gt=0, description="max grad norm; null disables")
+
+
+class ScheduleConfig(_Section):
+    iters: int = Field(600, gt=0)
+    warmup_iters: int = Field(100, ge=0)
+    warmup_factor: float = Field(0.001, gt=0, le=1)
+    policy: Literal["constant", "step", "cosine"] = "cosine"
+    steps: list[int] = Field(default_factory=list, description="iterations of lr drops (step)")
+    gamma: float = Field(0.1, gt=0, le=1)
+    min_lr_factor: float = Field(0.0, ge=0, le=1, description="cosine floor, fraction of lr")
+
+    @model_validator(mode="after")
+    def _check(self) -> ScheduleConfig:
+        if self.warmup_iters > self.iters:
+            raise ValueError(f"warmup_iters ({self.warmup_iters}) > iters ({self.iters})")
+        if any(s <= 0 or s > self.iters for s in self.steps):
+            raise ValueError(f"steps {self.steps} must lie in 1..iters ({self.iters})")
+        return self
+
+
+class TrainConfig(_Section):
+    batch_size: int = Field(8, gt=0, description="labeled images per step and device")
+    unlabeled_batch_size: int = Field(0, ge=0, description="unlabeled images per step and device")
+    device: str = Field("auto", description="auto, cpu, cuda, cuda:N")
+    amp: Literal["auto", "off", "fp16", "bf16"] = "auto"
+    seed: int = 0
+    log_interval: int = Field(10, gt=0)
+    checkpoint_interval: int = Field(200, gt=0)
+    deterministic: bool = False
+
+
+class EvalConfig(_Section):
+    interval: int = Field(200, gt=0, description="evaluate every N iterations (and at the end)")
+    batch_size: int = Field(8, gt=0)
+    backend: Literal["auto", "faster_coco_eval", "pycocotools"] = "auto"
+    max_images: int | None = Field(None, gt=0, description="evaluate on the first N val images")
+
+
+class OutputConfig(_Section):
+    runs_dir: Path = Path("runs")
+    name: str | None = Field(None, description="run folder name; default <method>-<detector>[-N]")
+
+
+class RunConfig(_Section):
+    data: DataConfig = Field(default_factory=DataConfig)
+    views: ViewConfig = Field(default_factory=ViewConfig)
+    detector: DetectorConfig = Field(default_factory=DetectorConfig)
+    method: MethodConfig = Field(default_factory=MethodConfig)
+    optim: OptimConfig = Field(default_factory=OptimConfig)
+    schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+    output: OutputConfig = Field(default_factory=OutputConfig)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: recipe not found") from None
+    try:
+        data = yaml.safe_load(text) or {}
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ConfigError(f"{path}:{where} invalid YAML: {getattr(exc, 'problem', exc)}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: a recipe must be a mapping of sections")
+    return data
+
+
+def deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def load_recipe(path: Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """Read a recipe, following `_base_: other.yaml` (relative to the recipe) first."""
+    path = path.resolve()
+    if path in _seen:
+        raise ConfigError(f"{path}: recipe includes itself through _base_")
+    data = _read_yaml(path)
+    base = data.pop("_base_", None)
+    if base is None:
+        return data
+    return deep_merge(load_recipe(path.parent / base, (*_seen, path)), data)
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """`a.b=c` → (["a", "b"], yaml-parsed c)."""
+    if "=" not in text:
+        raise ConfigError(f"--set {text!r}: expected section.key=value")
+    key, raw = text.split("=", 1)
+    parts = [p for p in key.strip().split(".") if p]
+    if len(parts) < 2:
+        raise ConfigError(f"--set {text!r}: expected section.key=value (e.g. optim.lr=0.02)")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError:
+        value = raw
+    return parts, value
+
+
+def apply_override(data: dict[str, Any], parts: list[str], value: Any) -> None:
+    node = data
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"--set {'.'.join(parts)}: '{part}' is a value, not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+def _field_names(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
+    for part in loc[:-1]:
+        field = model.model_fields.get(str(part))
+        annotation = getattr(field, "annotation", None)
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            return []
+        model = annotation
+    return list(model.model_fields)
+
+
+def format_validation_error(exc: ValidationError, model: type[BaseModel], prefix: str = "") -> str:
+    """One line per problem: `field = value: why`, with close matches for unknown keys."""
+    lines = []
+    for err in exc.errors():
+        loc = tuple(err["loc"])
+        name = prefix + ".".join(str(p) for p in loc)
+        if err["type"] == "extra_forbidden":
+            close = difflib.get_close_matches(str(loc[-1]), _field_names(model, loc), n=1)
+            hint = f"; did you mean '{close[0]}'?" if close else ""
+            lines.append(f"unknown config key '{name}'{hint}")
+        else:
+            lines.append(f"{name} = {err.get('input')!r}: {err['msg']}")
+    return "invalid config: " + "; ".join(lines)
+
+
+def build_config(
+    recipe: Path | None = None,
+    flags: dict[str, Any] | None = None,
+    overrides: list[str] | None = None,
+) -> RunConfig:
+    """Merge recipe, CLI flags (dotted keys, None = not given) and `--set` overrides."""
+    data: dict[str, Any] = load_recipe(recipe) if recipe else {}
+    for dotted, value in (flags or {}).items():
+        if value is not None:
+            apply_override(data, dotted.split("."), value)
+    for text in overrides or []:
+        apply_override(data, *parse_override(text))
+    try:
+        return RunConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc, RunConfig)) from None
+
+
+def save_config(cfg: RunConfig, path: Path) -> None:
+    from ssodkit.io import write_text_atomic
+
+    write_text_atomic(path, cfg.to_yaml())
+
+
+def load_saved_config(path: Path) -> RunConfig:
+    try:
+        return RunConfig.model_validate(_read_yaml(path))
+    except ValidationError as exc:
+        raise ConfigError(f"{path}: " + format_validation_error(exc, RunConfig)) from None

@@ -1,0 +1,24 @@
+"""Detector configuration (one section of the run config)."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class DetectorConfig(BaseModel):
+    """Which detector to build and how; defaults are sized for a CPU run on small images."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field("fcos", description="registered detector name (see `ssodkit plugins`)")
+    backbone: str = Field("resnet18", description="any timm model that supports features_only")
+    pretrained: bool = Field(False, description="load ImageNet weights for the backbone (downloads)")
+    fpn_channels: int = Field(128, gt=0, description="FPN width (256 in the COCO recipes)")
+    head_convs: int = Field(4, ge=1, le=8, description="conv layers per one-stage head branch")
+    anchor_size: int | None = Field(
+        None, gt=0, description="anchor size at the finest level; None = detector default"
+    )
+    score_thresh: float = Field(0.05, ge=0.0, le=1.0, description="minimum score of a prediction")
+    nms_thresh: float | None = Field(None, gt=0.0, le=1.0, description="None = detector default")
+    detections_per_img: int = Field(100, gt=0)
+    topk_candidates: int = Field(1000, gt=0, description="per-level candidates before NMS")

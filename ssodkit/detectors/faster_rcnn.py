@@ -1,0 +1,194 @@
+"""Faster R-CNN (FPN) adapter around torchvision's RPN and RoI heads.
+
+The RPN and RoI losses are written out (following torchvision's definitions: balanced
+sampling, smooth-L1 with beta 1/9) so that they take per-image weights and, for Unbiased
+Teacher, a softmax focal loss for RoI classification. torchvision's class 0 is background;
+ssodkit's labels 0..K-1 are shifted by one on the way in and out.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torchvision.models.detection.anchor_utils import AnchorGenerator
+from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
+from torchvision.models.detection.roi_heads import RoIHeads
+from torchvision.models.detection.rpn import (
+    RegionProposalNetwork,
+    RPNHead,
+    concat_box_prediction_layers,
+)
+from torchvision.ops import MultiScaleRoIAlign
+from torchvision.ops import boxes as box_ops
+
+from ssodkit.detectors.backbone import TimmFPN
+from ssodkit.detectors.base import (
+    DetectorBase,
+    per_sample_weights,
+    resolve_image_weights,
+    validate_targets,
+)
+from ssodkit.detectors.config import DetectorConfig
+from ssodkit.detectors.protocol import Detections, Target
+
+TWO_STAGE_STRIDES = (4, 8, 16, 32)  # P2-P5, plus a max-pooled P6 for the RPN
+FOCAL_GAMMA = 1.5  # Unbiased Teacher's official value
+
+
+def softmax_focal_loss(logits: Tensor, labels: Tensor, gamma: float = FOCAL_GAMMA) -> Tensor:
+    """Per-sample (1 - p_t)^gamma * CE, as in Unbiased Teacher's RoI head."""
+    ce = F.cross_entropy(logits, labels, reduction="none")
+    p_t = torch.exp(-ce)
+    return (1.0 - p_t) ** gamma * ce
+
+
+class FasterRCNNDetector(DetectorBase):
+    name = "faster_rcnn"
+
+    def __init__(self, num_classes: int, cfg: DetectorConfig) -> None:
+        backbone = TimmFPN(
+            cfg.backbone, pretrained=cfg.pretrained, out_channels=cfg.fpn_channels,
+            strides=TWO_STAGE_STRIDES, extra="pool",
+        )
+        super().__init__(num_classes, cfg, backbone)
+        base = cfg.anchor_size or 32
+        anchor_generator = AnchorGenerator(
+            tuple((base * 2**i,) for i in range(5)), ((0.5, 1.0, 2.0),) * 5
+        )
+        self.rpn = RegionProposalNetwork(
+            anchor_generator,
+            RPNHead(cfg.fpn_channels, anchor_generator.num_anchors_per_location()[0]),
+            fg_iou_thresh=0.7, bg_iou_thresh=0.3, batch_size_per_image=256, positive_fraction=0.5,
+            pre_nms_top_n={"training": 2000, "testing": 1000},
+            post_nms_top_n={"training": 2000, "testing": 1000}, nms_thresh=0.7,
+        )
+        roi_pool = MultiScaleRoIAlign(["0", "1", "2", "3"], output_size=7, sampling_ratio=2)
+        self.roi_heads = RoIHeads(
+            roi_pool,
+            TwoMLPHead(cfg.fpn_channels * 7 * 7, 1024),
+            FastRCNNPredictor(1024, num_classes + 1),
+            fg_iou_thresh=0.5, bg_iou_thresh=0.5, batch_size_per_image=512, positive_fraction=0.25,
+            bbox_reg_weights=None, score_thresh=cfg.score_thresh,
+            nms_thresh=cfg.nms_thresh if cfg.nms_thresh is not None else 0.5,
+            detections_per_img=cfg.detections_per_img,
+        )
+
+    def batch_with_names(self, images: list[Tensor]):
+        image_list, _ = self.transform(images, None)
+        return image_list, self.backbone(image_list.tensors)
+
+    @staticmethod
+    def _shift(targets: list[Target]) -> list[Target]:
+        return [{"boxes": t["boxes"].float(), "labels": t["labels"] + 1} for t in targets]
+
+    # ----------------------------------------------------------------- RPN
+    def rpn_forward(self, image_list, features: dict[str, Tensor]):
+        """Objectness and deltas over all anchors, anchors per image, and the proposals."""
+        feats = list(features.values())
+        objectness, deltas = self.rpn.head(feats)
+        anchors = self.rpn.anchor_generator(image_list, feats)
+        per_level = [o[0].numel() for o in objectness]
+        objectness, deltas = concat_box_prediction_layers(objectness, deltas)
+        proposals = self.rpn.box_coder.decode(deltas.detach(), anchors).view(len(anchors), -1, 4)
+        boxes, _ = self.rpn.filter_proposals(proposals, objectness, image_list.image_sizes, per_level)
+        return objectness, deltas, anchors, boxes
+
+    def rpn_loss(
+        self, objectness: Tensor, deltas: Tensor, anchors: list[Tensor], targets: list[Target], weights: Tensor,
+        cls_only: bool,
+    ) -> dict[str, Tensor]:
+        labels, matched_gt = self.rpn.assign_targets_to_anchors(anchors, targets)
+        regression_targets = self.rpn.box_coder.encode(matched_gt, anchors)
+        pos_masks, neg_masks = self.rpn.fg_bg_sampler(labels)
+        w = per_sample_weights(weights, [a.shape[0] for a in anchors])
+        pos = torch.where(torch.cat(pos_masks))[0]
+        sampled = torch.cat([pos, torch.where(torch.cat(neg_masks))[0]])
+        sampled = sampled[w[sampled] > 0]
+        pos = pos[w[pos] > 0]
+        denom = max(1, sampled.numel())
+        labels_all = torch.cat(labels)
+        obj = F.binary_cross_entropy_with_logits(
+            objectness.flatten()[sampled].float(), labels_all[sampled], reduction="none"
+        )
+        losses = {"loss_rpn_cls": (w[sampled] * obj).sum() / denom}
+        if not cls_only:
+            box = F.smooth_l1_loss(
+                deltas[pos].float(), torch.cat(regression_targets)[pos], beta=1 / 9, reduction="none"
+            ).sum(-1)
+            losses["loss_rpn_box"] = (w[pos] * box).sum() / denom
+        return losses
+
+    # ----------------------------------------------------------------- RoI head
+    def roi_outputs(self, features: dict[str, Tensor], boxes: list[Tensor], sizes) -> tuple[Tensor, Tensor]:
+        """Class logits `[R, K+1]` and per-class deltas `[R, (K+1)*4]` for the given boxes."""
+        pooled = self.roi_heads.box_roi_pool(features, boxes, sizes)
+        return self.roi_heads.box_predictor(self.roi_heads.box_head(pooled))
+
+    def roi_loss(
+        self, features: dict[str, Tensor], proposals: list[Tensor], sizes, targets: list[Target],
+        weights: Tensor, cls_only: bool, focal: bool,
+    ) -> dict[str, Tensor]:
+        proposals, _, labels, regression_targets = self.roi_heads.select_training_samples(proposals, targets)
+        logits, deltas = self.roi_outputs(features, proposals, sizes)
+        w = per_sample_weights(weights, [p.shape[0] for p in proposals])
+        labels_all = torch.cat(labels)
+        denom = max(1, int((w > 0).sum()))
+        logits = logits.float()
+        cls = softmax_focal_loss(logits, labels_all) if focal else F.cross_entropy(logits, labels_all, reduction="none")
+        losses = {"loss_cls": (w * cls).sum() / denom}
+        if not cls_only:
+            pos = torch.where(labels_all > 0)[0]
+            deltas = deltas.float().reshape(deltas.shape[0], -1, 4)
+            box = F.smooth_l1_loss(
+                deltas[pos, labels_all[pos]], torch.cat(regression_targets)[pos], beta=1 / 9, reduction="none"
+            ).sum(-1)
+            losses["loss_box"] = (w[pos] * box).sum() / denom
+        return losses
+
+    # ----------------------------------------------------------------- generic tier
+    def loss(
+        self,
+        images: list[Tensor],
+        targets: list[Target],
+        *,
+        image_weights: Tensor | None = None,
+        cls_only: bool = False,
+        focal: bool = False,
+    ) -> dict[str, Tensor]:
+        validate_targets(targets, len(images), self.num_classes)
+        image_list, features = self.batch_with_names(images)
+        weights = resolve_image_weights(image_weights, len(images), image_list.tensors.device)
+        shifted = self._shift(targets)
+        objectness, deltas, anchors, proposals = self.rpn_forward(image_list, features)
+        losses = self.rpn_loss(objectness, deltas, anchors, shifted, weights, cls_only)
+        losses.update(
+            self.roi_loss(features, proposals, image_list.image_sizes, shifted, weights, cls_only, focal)
+        )
+        return losses
+
+    @torch.no_grad()
+    def predict(self, images: list[Tensor]) -> list[Detections]:
+        image_list, features = self.batch_with_names(images)
+        _, _, _, proposals = self.rpn_forward(image_list, features)
+        logits, deltas = self.roi_outputs(features, proposals, image_list.image_sizes)
+        boxes = self.roi_heads.box_coder.decode(deltas.float(), proposals)
+        probs = F.softmax(logits.float(), -1)
+        counts = [p.shape[0] for p in proposals]
+        return [
+            self._postprocess(b, p, size)
+            for b, p, size in zip(boxes.split(counts), probs.split(counts), image_list.image_sizes)
+        ]
+
+    def _postprocess(self, boxes: Tensor, probs: Tensor, size: tuple[int, int]) -> Detections:
+        """torchvision's per-class NMS, keeping which proposal each detection came from."""
+        num_props, num_cls = probs.shape
+        boxes = box_ops.clip_boxes_to_image(boxes, size)[:, 1:].reshape(-1, 4)
+        scores = probs[:, 1:].reshape(-1)
+        labels = torch.arange(num_cls - 1, device=probs.device).repeat(num_props)
+        proposal_idx = torch.arange(num_props, device=probs.device).repeat_interleave(num_cls - 1)
+        keep = torch.where(scores > self.roi_heads.score_thresh)[0]
+        keep = keep[box_ops.remove_small_boxes(boxes[keep], 1e-2)]
+        keep = keep[box_ops.batched_nms(boxes[keep], scores[keep], labels[keep], self.roi_heads.nms_thresh)]
+        keep = keep[: self.roi_heads.detections_per_img]
+        return Detections(boxes[keep], scores[keep], labels[keep], probs[proposal_idx[keep], 1:])

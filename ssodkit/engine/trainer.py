@@ -1,0 +1,313 @@
+"""The iteration-based training loop shared by every method.
+
+Read top to bottom: set-up (devices, data, model, method, optimiser, resume), then `run`,
+which steps, logs, evaluates and checkpoints. The method owns the inside of a step.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import signal
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from rich.console import Console
+from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
+
+from ssodkit.config import RunConfig, save_config
+from ssodkit.detectors.protocol import check_capabilities
+from ssodkit.engine import checkpoint as ckpt
+from ssodkit.engine.data_setup import TrainData, build_train_data
+from ssodkit.engine.distributed import (
+    DistInfo,
+    any_rank,
+    barrier,
+    broadcast_object,
+    init_distributed,
+    shutdown_distributed,
+)
+from ssodkit.engine.ema import EMA
+from ssodkit.engine.metrics import MetricsLog
+from ssodkit.engine.predict import autocast_context, evaluate_model
+from ssodkit.engine.progress import TrainProgress
+from ssodkit.engine.runtime import build_model, resolve_amp, resolve_device
+from ssodkit.engine.schedule import build_scheduler
+from ssodkit.errors import SsodkitError
+from ssodkit.evaluation.coco_eval import EvalResult
+from ssodkit.methods.base import Method, ModelHandle
+from ssodkit.plugins import get_registry
+
+
+@dataclass
+class TrainSummary:
+    run_dir: Path
+    iterations: int
+    status: str  # "finished" or "interrupted"
+    skipped_steps: int
+    sec_per_iter: float
+    final: dict[str, EvalResult] = field(default_factory=dict)  # "student"/"teacher" → metrics
+    best: float | None = None
+
+
+def next_run_dir(runs_dir: Path, name: str) -> Path:
+    """runs/<name>, runs/<name>-2, … (never reuse a folder: nothing is lost)."""
+    candidate, n = runs_dir / name, 2
+    while candidate.exists():
+        candidate, n = runs_dir / f"{name}-{n}", n + 1
+    return candidate
+
+
+def build_optimizer(model: nn.Module, cfg: RunConfig) -> torch.optim.Optimizer:
+    # No weight decay on norms and biases, as in torchvision's detection references.
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            (no_decay if p.ndim <= 1 else decay).append(p)
+    groups = [
+        {"params": decay, "weight_decay": cfg.optim.weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+    if cfg.optim.name == "adamw":
+        return torch.optim.AdamW(groups, lr=cfg.optim.lr)
+    return torch.optim.SGD(groups, lr=cfg.optim.lr, momentum=cfg.optim.momentum)
+
+
+class Trainer:
+    def __init__(self, cfg: RunConfig, *, resume: Path | None = None, console: Console | None = None) -> None:
+        self.console = console or Console(stderr=True)
+        self.device = resolve_device(cfg.train.device)
+        self.dist: DistInfo = init_distributed(self.device.type)
+        if self.dist.enabled and self.device.type == "cuda":
+            self.device = torch.device("cuda", self.dist.local_rank)
+        self.cfg = cfg
+        self.amp_dtype = resolve_amp(cfg.train.amp, self.device)
+        torch.manual_seed(cfg.train.seed + self.dist.rank)
+        if cfg.train.deterministic:
+            torch.use_deterministic_algorithms(True, warn_only=True)
+
+        self.run_dir = resume if resume is not None else self._new_run_dir()
+        self.method_cls: type[Method] = get_registry().get("methods", cfg.method.name)
+        self.data: TrainData = build_train_data(cfg, self.run_dir, self.dist, self.method_cls.unlabeled_views)
+        self.classes = self.data.classes
+
+        self.model = build_model(cfg, len(self.classes)).to(self.device)
+        check_capabilities(cfg.detector.name, self.model.capabilities, cfg.method.name, self.method_cls.requires)
+        self.method = self.method_cls.from_config(cfg, len(self.classes))
+        self.teacher: nn.Module | None = None
+        self.ema: EMA | None = None
+        if self.method_cls.uses_teacher:
+            self.teacher = copy.deepcopy(self.model).eval().requires_grad_(False)
+            self.ema = self.method.make_ema() if hasattr(self.method, "make_ema") else EMA()
+        self.optimizer = build_optimizer(self.model, cfg)
+        self.scheduler = build_scheduler(self.optimizer, cfg.schedule)
+        self.scaler = torch.amp.GradScaler(
+            self.device.type, enabled=self.amp_dtype == torch.float16
+        )
+        self.ddp = (
+            DistributedDataParallel(
+                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                find_unused_parameters=True,
+            )
+            if self.dist.enabled
+            else None
+        )
+        self.student = ModelHandle(self.model, self.ddp)
+        self.iteration = 0
+        self.skipped_steps = 0
+        self.best: float | None = None
+        self.metrics = MetricsLog(self.run_dir / "metrics.jsonl", enabled=self.dist.is_main)
+        if resume is not None:
+            self._load(resume / "checkpoints" / "last.pt")
+            self.metrics.truncate_after(self.iteration)
+        elif self.dist.is_main:
+            save_config(cfg, self.run_dir / "config.yaml")
+        self._stop_requested = False
+
+    # ------------------------------------------------------------------ set-up helpers
+    def _new_run_dir(self) -> Path:
+        name = self.cfg.output.name or f"{self.cfg.method.name}-{self.cfg.detector.name}"
+        run_dir = next_run_dir(self.cfg.output.runs_dir, name) if self.dist.is_main else None
+        run_dir = broadcast_object(run_dir, self.dist)
+        if self.dist.is_main:
+            (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
+        barrier(self.dist)
+        return run_dir
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "config": self.cfg.model_dump(mode="json"),
+            "classes": self.classes,
+            "index_to_cat_id": self.data.index_to_cat_id,
+            "iteration": self.iteration,
+            "student": self.model.state_dict(),
+            "teacher": self.teacher.state_dict() if self.teacher is not None else None,
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "method": self.method.state_dict(),
+            "rng": ckpt.rng_state(),
+            "skipped_steps": self.skipped_steps,
+            "best": self.best,
+        }
+
+    def _load(self, path: Path) -> None:
+        state = ckpt.load_checkpoint(path, map_location=self.device)
+        if list(state["classes"]) != list(self.classes):
+            raise SsodkitError(f"{path}: classes {state['classes']} differ from the data's {self.classes}")
+        self.model.load_state_dict(state["student"])
+        if self.teacher is not None and state.get("teacher") is not None:
+            self.teacher.load_state_dict(state["teacher"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.method.load_state_dict(state.get("method", {}))
+        self.iteration = int(state["iteration"])
+        self.skipped_steps = int(state.get("skipped_steps", 0))
+        self.best = state.get("best")
+        ckpt.set_rng_state(state["rng"])
+
+    def save(self, name: str) -> None:
+        if self.dist.is_main:
+            ckpt.save_checkpoint(self.state_dict(), self.run_dir / "checkpoints" / f"{name}.pt")
+
+    # ------------------------------------------------------------------ one step
+    def train_step(self, batch: Any) -> dict[str, float] | None:
+        """One optimiser step; None when it was skipped for a non-finite loss or gradient."""
+        labeled, unlabeled = self.data.to_device(batch, self.device)
+        self.model.train()
+        with autocast_context(self.device, self.amp_dtype):
+            losses = self.method.step(self.student, self.teacher, labeled, unlabeled, self.iteration)
+        total: Tensor = sum(losses.values(), torch.zeros((), device=self.device))
+        self.optimizer.zero_grad(set_to_none=True)
+        if any_rank(not bool(torch.isfinite(total)), self.dist, self.device):
+            self.skipped_steps += 1
+            return None
+        self.scaler.scale(total).backward()
+        self.scaler.unscale_(self.optimizer)
+        grad_norm = torch.nn.utils.clip_grad_norm_(
+            self.model.parameters(), self.cfg.optim.grad_clip or math.inf
+        )
+        if self.amp_dtype != torch.float16 and any_rank(
+            not bool(torch.isfinite(grad_norm)), self.dist, self.device
+        ):
+            self.optimizer.zero_grad(set_to_none=True)
+            self.skipped_steps += 1
+            return None
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        if self.teacher is not None and self.ema is not None:
+            self.ema.update(self.teacher, self.model, self.iteration)
+        out = {k: float(v.detach()) for k, v in losses.items()}
+        out["loss"] = float(total.detach())
+        return out
+
+    # ------------------------------------------------------------------ evaluation
+    def evaluate(self) -> dict[str, EvalResult]:
+        """mAP of the student (and of the teacher, which is what `predict` uses)."""
+        if self.data.val is None:
+            return {}
+        models: dict[str, nn.Module] = {"student": self.model}
+        if self.teacher is not None:
+            models["teacher"] = self.teacher
+        out: dict[str, EvalResult] = {}
+        for role, model in models.items():
+            result, results = evaluate_model(
+                model, self.data.val_dataset, self.data.val_gt, self.data.index_to_cat_id,
+                backend=self.cfg.eval.backend, image_ids=self.data.val_image_ids,
+                batch_size=self.cfg.eval.batch_size, device=self.device, dist=self.dist,
+                amp_dtype=self.amp_dtype,
+            )
+            if result is not None:
+                out[role] = result
+                from ssodkit.io import write_json_atomic
+
+                write_json_atomic(self.run_dir / "eval" / f"{role}_iter{self.iteration:07d}.json", results)
+        return broadcast_object(out, self.dist)
+
+    def _record_eval(self, results: dict[str, EvalResult]) -> bool:
+        """Log eval metrics; True when this is the best model so far."""
+        if not results:
+            return False
+        record: dict[str, Any] = {"type": "eval", "iter": self.iteration}
+        for role, res in results.items():
+            record.update({f"{role}/{k}": v for k, v in res.model_dump().items() if k not in ("per_class", "backend")})
+        self.metrics.write(record)
+        primary = results.get("teacher", results.get("student"))
+        score = primary.map if primary is not None and primary.map is not None else -1.0
+        parts = [f"{role} mAP {100 * (r.map or 0):.1f}" for role, r in results.items()]
+        self._progress.print(f"[iter {self.iteration}] eval: " + ", ".join(parts))
+        if self.best is None or score > self.best:
+            self.best = score
+            return True
+        return False
+
+    # ------------------------------------------------------------------ the loop
+    def _handle_sigint(self, signum: int, frame: Any) -> None:
+        if self._stop_requested:
+            raise KeyboardInterrupt
+        self._stop_requested = True
+        self.console.print("[yellow]interrupt: saving a checkpoint after this step (Ctrl-C again to abort)")
+
+    def run(self) -> TrainSummary:
+        cfg = self.cfg
+        total_iters = cfg.schedule.iters
+        stream = self.data.batches(start_batch=self.iteration)
+        previous = signal.signal(signal.SIGINT, self._handle_sigint)
+        status = "finished"
+        window: dict[str, list[float]] = {}
+        start_time, start_iter = time.monotonic(), self.iteration
+        self._progress = TrainProgress(total_iters, self.iteration, self.dist.is_main, cfg.train.log_interval, self.console)
+        final: dict[str, EvalResult] = {}
+        try:
+            with self._progress:
+                while self.iteration < total_iters:
+                    if any_rank(self._stop_requested, self.dist, self.device):
+                        status = "interrupted"
+                        break
+                    step_start = time.monotonic()
+                    losses = self.train_step(next(stream))
+                    self.scheduler.step()
+                    self.iteration += 1
+                    if losses is None:
+                        self._progress.print(f"[yellow]iter {self.iteration}: non-finite loss or gradient, step skipped")
+                    else:
+                        for k, v in losses.items():
+                            window.setdefault(k, []).append(v)
+                        self._progress.update(self.iteration, {k: v for k, v in losses.items()}, self.optimizer.param_groups[0]["lr"])
+                    if self.iteration % cfg.train.log_interval == 0 or self.iteration == total_iters:
+                        self.metrics.write({
+                            "type": "train", "iter": self.iteration,
+                            "lr": self.optimizer.param_groups[0]["lr"],
+                            "sec_per_iter": time.monotonic() - step_start,
+                            "skipped_steps": self.skipped_steps,
+                            **{k: sum(v) / len(v) for k, v in window.items()},
+                        })
+                        window = {}
+                    is_last = self.iteration == total_iters
+                    if self.iteration % cfg.eval.interval == 0 or is_last:
+                        final = self.evaluate()
+                        if self._record_eval(final):
+                            self.save("best")
+                    if self.iteration % cfg.train.checkpoint_interval == 0 or is_last:
+                        self.save("last")
+                if status == "interrupted":
+                    self.save("last")
+                    self._progress.print(f"[yellow]stopped at iteration {self.iteration}; resume with --resume {self.run_dir}")
+        finally:
+            signal.signal(signal.SIGINT, previous)
+        barrier(self.dist)
+        elapsed = time.monotonic() - start_time
+        return TrainSummary(
+            run_dir=self.run_dir, iterations=self.iteration, status=status,
+            skipped_steps=self.skipped_steps,
+            sec_per_iter=elapsed / max(1, self.iteration - start_iter), final=final, best=self.best,
+        )
+
+    def close(self) -> None:
+        self.data.close()
+        shutdown_distributed()

@@ -1,0 +1,101 @@
+"""The method protocol and the batch types a method receives.
+
+The trainer owns everything that is the same for every method (loop, optimiser, AMP, DDP,
+EMA, eval, checkpoints); a method owns what happens inside one step and returns a dict of
+already-weighted loss terms whose sum is optimised.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+from torch import Tensor, nn
+
+from ssodkit.detectors.protocol import Detections, Target
+from ssodkit.errors import ConfigError
+
+if TYPE_CHECKING:
+    from ssodkit.config import RunConfig
+
+
+@dataclass
+class ViewBatch:
+    """Images of one view on the training device, with their geometry and (pseudo) targets."""
+
+    images: list[Tensor]  # float [3,H,W] in [0,1]
+    targets: list[Target]  # boxes/labels in this view's pixels (empty for unlabeled data)
+    matrices: list[Tensor]  # float64 [3,3], original → view
+    image_ids: list[int]
+    extras: list[dict[str, Any]] = field(default_factory=list)  # view-specific (e.g. erased rects)
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+
+class ModelHandle:
+    """Calls a detector through its (possibly DDP-wrapped) forward, so DDP sees each call."""
+
+    def __init__(self, module: nn.Module, wrapped: nn.Module | None = None) -> None:
+        self.module = module
+        self._forward = wrapped if wrapped is not None else module
+
+    def __call__(self, mode: str, *args: Any, **kwargs: Any) -> Any:
+        return self._forward(mode, *args, **kwargs)
+
+    def loss(self, images: list[Tensor], targets: list[Target], **kwargs: Any) -> dict[str, Tensor]:
+        return self._forward("loss", images, targets, **kwargs)
+
+    def predict(self, images: list[Tensor]) -> list[Detections]:
+        return self._forward("predict", images)
+
+
+class NoParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Method:
+    """Base of every SSOD method; subclasses set the class attributes and `step`."""
+
+    name: ClassVar[str] = "method"
+    requires: ClassVar[frozenset[str]] = frozenset()  # detector capabilities
+    uses_teacher: ClassVar[bool] = False
+    unlabeled_views: ClassVar[tuple[str, ...]] = ()  # view pipelines each unlabeled image gets
+    Params: ClassVar[type[BaseModel]] = NoParams
+
+    def __init__(self, params: BaseModel, cfg: RunConfig, num_classes: int) -> None:
+        self.params = params
+        self.cfg = cfg
+        self.num_classes = num_classes
+
+    @classmethod
+    def from_config(cls, cfg: RunConfig, num_classes: int) -> Method:
+        from ssodkit.config import format_validation_error
+
+        try:
+            params = cls.Params.model_validate(cfg.method.params)
+        except ValidationError as exc:
+            raise ConfigError(format_validation_error(exc, cls.Params, prefix="method.")) from None
+        return cls(params, cfg, num_classes)
+
+    def step(
+        self,
+        student: ModelHandle,
+        teacher: nn.Module | None,
+        labeled: ViewBatch,
+        unlabeled: dict[str, ViewBatch] | None,
+        it: int,
+    ) -> dict[str, Tensor]:
+        raise NotImplementedError
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        pass
+
+
+def prefixed(losses: dict[str, Tensor], prefix: str, weight: float = 1.0) -> dict[str, Tensor]:
+    """`{"loss_cls": x}` → `{"<prefix>_loss_cls": weight * x}` (names are what users see)."""
+    return {f"{prefix}_{k}": weight * v for k, v in losses.items()}

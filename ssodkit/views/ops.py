@@ -1,0 +1,497 @@
+"""Augmentation ops that carry their geometry.
+
+An op is a small callable ``op(state, generator) -> state``. Geometric ops move pixels with
+``torchvision.transforms.v2.functional``, compose the matching matrix onto
+``state.matrix`` (original → view) and move the boxes with it (transform, clip, drop
+degenerate; labels follow). Photometric ops touch pixels only. All randomness comes from
+the ``torch.Generator`` passed in, so a view is reproducible from a seed and never
+disturbs the global RNG.
+
+Magnitudes of the RandAugment-style lists follow mmdetection's ``semi_coco_detection``
+defaults (``level=None``: magnitude uniform in ``[min_mag, max_mag]``):
+
+========================  ===============================================================
+op                        magnitude
+========================  ===============================================================
+ColorTransform            none: mmdet's base class is listed and changes nothing
+AutoContrast, Equalize    none
+Sharpness, Color,         factor uniform in [0.1, 1.9] (1 = unchanged); Color is
+Contrast, Brightness      saturation, as PIL's ``ImageEnhance.Color``
+Posterize                 bits kept uniform in {1, …, 4} (mmdet: ``ceil(U[0, 4])``; the
+                          rare 0, an all-black image, is left out)
+Solarize                  threshold uniform in [0, 256]; pixels ≥ threshold are inverted
+Rotate                    uniform in [-30°, 30°]
+ShearX / ShearY           uniform in [-30°, 30°]
+TranslateX / TranslateY   uniform in [-0.1, 0.1] of the side, rounded to whole pixels
+RandomErasing             1–5 patches, each side ≤ 0.2 of the image side; boxes ≥ 70 %
+                          covered by the union of patches are dropped
+========================  ===============================================================
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from typing import ClassVar, Literal, Protocol
+
+import torch
+import torchvision.transforms.v2.functional as F
+from torch import Tensor
+from torchvision.transforms import InterpolationMode
+
+from ssodkit.views.geometry import (
+    MIN_BOX_SIZE,
+    hflip_matrix,
+    identity_matrix,
+    resize_matrix,
+    rotate_matrix,
+    shear_matrix,
+    translate_matrix,
+    warp_boxes,
+)
+
+
+def _no_erased() -> Tensor:
+    return torch.zeros((0, 4), dtype=torch.float32)
+
+
+@dataclass(frozen=True)
+class ViewState:
+    """An image part-way through a view, with everything needed to undo its geometry.
+
+    ``matrix`` maps original-image pixels to this image's pixels; ``erased`` holds the
+    xyxy rectangles (in this image's pixels) that random erasing blanked, so that methods
+    can tell erased regions from background.
+    """
+
+    image: Tensor  # uint8 [3, H, W]
+    boxes: Tensor  # float32 [N, 4] xyxy
+    labels: Tensor  # int64 [N]
+    matrix: Tensor = field(default_factory=identity_matrix)  # float64 [3, 3]
+    erased: Tensor = field(default_factory=_no_erased)  # float32 [P, 4] xyxy
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """``(h, w)`` of the current image."""
+        return int(self.image.shape[-2]), int(self.image.shape[-1])
+
+    def with_image(self, image: Tensor) -> ViewState:
+        """Same geometry and boxes, new pixels (what a photometric op returns)."""
+        return replace(self, image=image)
+
+
+class Op(Protocol):
+    """One augmentation step."""
+
+    def __call__(self, state: ViewState, g: torch.Generator) -> ViewState: ...
+
+
+# --- randomness: everything from the generator ------------------------------------------
+
+
+def _uniform(g: torch.Generator, low: float, high: float) -> float:
+    return low + (high - low) * float(torch.rand((), generator=g, dtype=torch.float64))
+
+
+def _randint(g: torch.Generator, low: int, high: int) -> int:
+    """Uniform integer in ``[low, high]`` (both ends included)."""
+    return int(torch.randint(low, high + 1, (), generator=g))
+
+
+def _coin(g: torch.Generator, p: float) -> bool:
+    return float(torch.rand((), generator=g, dtype=torch.float64)) < p
+
+
+# --- geometric ops -----------------------------------------------------------------------
+
+
+def _warp(state: ViewState, image: Tensor, step: Tensor) -> ViewState:
+    """Finish a geometric op: compose ``step`` (current view → new view), move the boxes."""
+    if state.erased.numel():
+        # Erased rectangles would stop being axis-aligned; erasing belongs after geometry.
+        raise ValueError("a geometric op cannot follow RandomErasing in a view")
+    size = (int(image.shape[-2]), int(image.shape[-1]))
+    boxes, keep = warp_boxes(state.boxes, step, size, MIN_BOX_SIZE)
+    return replace(
+        state, image=image, boxes=boxes, labels=state.labels[keep], matrix=step @ state.matrix
+    )
+
+
+def _resize_by(state: ViewState, scale: float) -> ViewState:
+    h, w = state.size
+    new_h, new_w = max(1, round(h * scale)), max(1, round(w * scale))
+    image = F.resize(state.image, [new_h, new_w], antialias=True)
+    # The exact per-axis scale, not `scale`: rounding the size changes it slightly.
+    return _warp(state, image, resize_matrix(new_w / w, new_h / h))
+
+
+def _scale_for(size: tuple[int, int], short_side: int, max_size: int) -> float:
+    """Scale that brings the short side to ``short_side`` unless the long side passes ``max_size``."""
+    return min(short_side / min(size), max_size / max(size))
+
+
+@dataclass(frozen=True)
+class Resize:
+    """Deterministic keep-ratio resize for evaluation (short side, long side capped)."""
+
+    short_side: int
+    max_size: int
+
+    def __call__(self, state: ViewState, g: torch.Generator) -> ViewState:
+        return _resize_by(state, _scale_for(state.size, self.short_side, self.max_size))
+
+
+@dataclass(frozen=True)
+class RandomResize:
+    """Scale jitter: short side uniform (integer) in ``short_side_range``, long side capped."""
+
+    short_side_range: tuple[int, int]
+    max_size: int
+
+    def __call__(self, state: ViewState, g: torch.Generator) -> ViewState:
+        short_side = _randint(g, *self.short_side_range)
+        return _resize_by(state, _scale_for(state.size, short_side, self.max_size))
+
+
+@dataclass(frozen=True)
+class RandomHFlip:
+    """Horizontal flip with probability ``p``."""
+
+    p: float = 0.5
+
+    def __call__(self, state: ViewState, g: torch.Generator) -> ViewState:
+        if not _coin(g, self.p):
+            return state
+        return _warp(state, F.horizontal_flip(state.image), hflip_matrix(state.size[1]))
+
+
+def _center(state: ViewState) -> tuple[float, float]:
+    """The centre torchvision's affine turns about: ``(W * 0.5, H * 0.5)`` in pixel corners."""
+    h, w = state.size
+    return w * 0.5, h * 0.5
+
+
+@dataclass(frozen=True)
+class RandomRotate:
+    """Rotate about the centre by an angle uniform in ``[-max_deg, max_deg]``."""
+
+    max_deg: float = 30.0
+    fill: int = 0
+
+    def __call__(self, state: ViewState, g: torch.Generator) -> ViewState:
+        deg = _uniform(g, -self.max_deg, self.max_deg)
+        image = F.affine(
+            state.image, angle=deg, translate=[0.0, 0.0], scale=1.0, shear=[0.0, 0.0],
+            interpolation=InterpolationMode.BILINEAR, fill=self.fill,
+        )
+        return _warp(state, image, rotate_matrix(deg, _center(state)))
+
+
+Axis = Literal["x", "y"]
+
+
+def _pick_axis(axis: Axis | None, g: torch.Generator) -> Axis:
+    if axis is not None:
+        return axis
+    return "x" if _coin(g, 0.5) else "y"
+
+
+@dataclass(frozen=True)
+class RandomShear:
+    """Shear about the centre along ``axis`` (random when None) by ``U[-max_deg, max_deg]``."""
+
+    max_deg: float = 30.0
+    axis: Axis | None = None
+    fill: int = 0
+
+    def __call__(self, state: ViewState, g: torch.Generator) -> ViewState:
+        axis = _pick_axis(self.axis, g)
+        deg = _uniform(g, -self.max_deg, self.max_deg)
+        shear = [deg, 0.0] if axis == "x" else [0.0, deg]
+        image = F.affine(
+            state.image, angle=0.0, translate=[0.0, 0.0], scale=1.0, shear=shear,
+            interpolation=InterpolationMode.BILINEAR, fill=self.fill,
+        )
+        return _warp(state, image, shear_matrix(shear[0], shear[1], _center(state)))
+
+
+@dataclass(frozen=True)
+class RandomTranslate:
+    """Shift along ``axis`` (random when None) by ``U[-max_frac, max_frac]`` of that side.
+
+    The shift is rounded to whole pixels so that pixels move exactly as the matrix says.
+    """
+
+    max_frac: float = 0.1
+    axis: Axis | None = None
+    fill: int = 0
+
+    def __call__(self, state: ViewState, g: torch.Generator) -> ViewState:
+        axis = _pick_axis(self.axis, g)
+        h, w = state.size
+        shift = round(_uniform(g, -self.max_frac, self.max_frac) * (w if axis == "x" else h))
+        tx, ty = (shift, 0) if axis == "x" else (0, shift)
+        image = F.affine(
+            state.image, angle=0.0, translate=[tx, ty], scale=1.0, shear=[0.0, 0.0],
+            interpolation=InterpolationMode.NEAREST, fill=self.fill,
+        )
+        return _warp(state, image, translate_matrix(tx, ty))
+
+
+# --- combinators -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RandomChoice:
+    """Apply one of ``ops``, chosen uniformly (RandAugment with one op)."""
+
+    ops: tuple[Op, ...]
+
+    def __call__(self, state: ViewState, g: torch.Generator) -> ViewState:
+        return self.ops[_randint(g, 0, len(self.ops) - 1)](state, g)
+
+
+@dataclass(frozen=True)
+class RandomOrder:
+    """Apply all ``ops`` in a random order (mmdet applies colour and geometry this way)."""
+
+    ops: tuple[Op, ...]
+
+    def __call__(self, state: ViewState, g: torch.Generator) -> ViewState:
+        for i in torch.randperm(len(self.ops), generator=g).tolist():
+            state = self.ops[i](state, g)
+        return state
+
+
+class RandomGeometricOp(RandomChoice):
+    """One of Rotate, ShearX, ShearY, TranslateX, TranslateY (mmdet's ``geometric`` list)."""
+
+    def __init__(
+        self,
+        rotate_max_deg: float = 30.0,
+        shear_max_deg: float = 30.0,
+        translate_max_frac: float = 0.1,
+        fill: int = 0,
+    ) -> None:
+        super().__init__(
+            (
+                RandomRotate(rotate_max_deg, fill),
+                RandomShear(shear_max_deg, "x", fill),
+                RandomShear(shear_max_deg, "y", fill),
+                RandomTranslate(translate_max_frac, "x", fill),
+                RandomTranslate(translate_max_frac, "y", fill),
+            )
+        )
+
+
+# --- photometric ops ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ColorJitter:
+    """Brightness/contrast/saturation/hue jitter in random order, as torchvision's ColorJitter.
+
+    Factors are uniform in ``[max(0, 1 - s), 1 + s]`` for strength ``s``; hue shifts are
+    uniform in ``[-hue, hue]`` (hue ≤ 0.5). A strength of 0 leaves that property alone.
+    """
+
+    brightness: float = 0.0
+    contrast: float = 0.0
+    saturation: float = 0.0
+    hue: float = 0.0
+
+    def __call__(self, state: ViewState, g: torch.Generator) -> ViewState:
+        steps: list[tuple[float, Callable[[Tensor, float], Tensor], float, float]] = [
+            (self.brightness, F.adjust_brightness, max(0.0, 1 - self.brightness), 1 + self.brightness),
+            (self.contrast, F.adjust_contrast, max(0.0, 1 - self.contrast), 1 + self.contrast),
+            (self.saturation, F.adjust_saturation, max(0.0, 1 - self.saturation), 1 + self.saturation),
+            (self.hue, F.adjust_hue, -self.hue, self.hue),
+        ]
+        image = state.image
+        for i in torch.randperm(len(steps), generator=g).tolist():
+            strength, adjust, low, high = steps[i]
+            if strength > 0:
+                image = adjust(image, _uniform(g, low, high))
+        return state.with_image(image)
+
+
+@dataclass(frozen=True)
+class ColorTransform:
+    """Identity, on purpose: mmdet's ``semi_coco_detection`` lists its colour *base class*
+    ``ColorTransform``, whose transform does nothing — so one draw in nine of mmdet's colour
+    op leaves the colours as they are, and this slot keeps that share."""
+
+    def __call__(self, state: ViewState, g: torch.Generator) -> ViewState:
+        return state
+
+
+@dataclass(frozen=True)
+class AutoContrast:
+    """Stretch each channel to the full [0, 255] range."""
+
+    def __call__(self, state: ViewState, g: torch.Generator) -> ViewState:
+        return state.with_image(F.autocontrast(state.image))
+
+
+@dataclass(frozen=True)
+class Equalize:
+    """Equalise each channel's histogram."""
+
+    def __call__(self, state: ViewState, g: torch.Generator) -> ViewState:
+        return state.with_image(F.equalize(state.image))
+
+
+@dataclass(frozen=True)
+class _EnhanceOp:
+    """A PIL-style enhancement with a factor uniform in ``[min_mag, max_mag]`` (1 = unchanged)."""
+
+    min_mag: float = 0.1
+    max_mag: float = 1.9
+
+    _adjust: ClassVar[Callable[[Tensor, float], Tensor]]  # set by each subclass
+
+    def __call__(self, state: ViewState, g: torch.Generator) -> ViewState:
+        return state.with_image(self._adjust(state.image, _uniform(g, self.min_mag, self.max_mag)))
+
+
+class Sharpness(_EnhanceOp):
+    """Blur (factor < 1) or sharpen (factor > 1)."""
+
+    _adjust = staticmethod(F.adjust_sharpness)
+
+
+class Color(_EnhanceOp):
+    """Saturation: 0 would be grey, 1 unchanged (PIL's ``ImageEnhance.Color``)."""
+
+    _adjust = staticmethod(F.adjust_saturation)
+
+
+class Contrast(_EnhanceOp):
+    """Blend with the mean grey level."""
+
+    _adjust = staticmethod(F.adjust_contrast)
+
+
+class Brightness(_EnhanceOp):
+    """Blend with black."""
+
+    _adjust = staticmethod(F.adjust_brightness)
+
+
+@dataclass(frozen=True)
+class Posterize:
+    """Keep only the top ``bits`` bits of each channel, ``bits`` uniform in the range."""
+
+    min_bits: int = 1
+    max_bits: int = 4
+
+    def __call__(self, state: ViewState, g: torch.Generator) -> ViewState:
+        return state.with_image(F.posterize(state.image, _randint(g, self.min_bits, self.max_bits)))
+
+
+@dataclass(frozen=True)
+class Solarize:
+    """Invert pixels at or above a threshold uniform in ``[min_threshold, max_threshold]``."""
+
+    min_threshold: float = 0.0
+    max_threshold: float = 256.0
+
+    def __call__(self, state: ViewState, g: torch.Generator) -> ViewState:
+        threshold = _uniform(g, self.min_threshold, self.max_threshold)
+        if threshold > 255:  # nothing to invert; torchvision rejects thresholds above 255
+            return state
+        return state.with_image(F.solarize(state.image, threshold))
+
+
+def rand_augment_colour_ops() -> tuple[Op, ...]:
+    """mmdet's ``semi_coco_detection`` colour list, in its order."""
+    return (
+        ColorTransform(),
+        AutoContrast(),
+        Equalize(),
+        Sharpness(),
+        Posterize(),
+        Solarize(),
+        Color(),
+        Contrast(),
+        Brightness(),
+    )
+
+
+class RandomColorOp(RandomChoice):
+    """One op from :func:`rand_augment_colour_ops`, chosen uniformly."""
+
+    def __init__(self) -> None:
+        super().__init__(rand_augment_colour_ops())
+
+
+# --- erasing -----------------------------------------------------------------------------
+
+
+def erased_mask(rects: Tensor, size: tuple[int, int]) -> Tensor:
+    """Boolean ``[H, W]`` mask of the union of integer xyxy rectangles."""
+    mask = torch.zeros(size, dtype=torch.bool)
+    for x1, y1, x2, y2 in rects.to(torch.int64).tolist():
+        mask[y1:y2, x1:x2] = True
+    return mask
+
+
+def covered_fraction(boxes: Tensor, mask: Tensor) -> Tensor:
+    """Exact fraction of each box's area under ``mask`` (a union, so overlaps count once).
+
+    Each pixel contributes the area it shares with the box; that area factorises into an
+    x-overlap times a y-overlap, so the whole thing is one ``wy · mask · wx`` product.
+    """
+    h, w = mask.shape
+    b = boxes.to(torch.float64)
+
+    def overlap(lo: Tensor, hi: Tensor, n: int) -> Tensor:
+        edges = torch.arange(n, dtype=torch.float64)
+        return (torch.minimum(hi[:, None], edges + 1) - torch.maximum(lo[:, None], edges)).clamp(min=0)
+
+    wx, wy = overlap(b[:, 0], b[:, 2], w), overlap(b[:, 1], b[:, 3], h)
+    covered = torch.einsum("ny,yx,nx->n", wy, mask.to(torch.float64), wx)
+    area = (b[:, 2] - b[:, 0]).clamp(min=0) * (b[:, 3] - b[:, 1]).clamp(min=0)
+    return covered / area.clamp(min=1e-12)
+
+
+@dataclass(frozen=True)
+class RandomErasing:
+    """Blank ``n_patches`` random rectangles; drop boxes mostly hidden by them.
+
+    Each patch side is ``U[0, max_frac]`` of the image side (at least one pixel), placed
+    uniformly inside the image. A box is dropped when the union of all erased patches
+    covers at least ``drop_covered`` of its area: a pseudo box on an object the student
+    cannot see teaches it to hallucinate.
+    """
+
+    n_patches: tuple[int, int] = (1, 5)
+    max_frac: float = 0.2
+    fill: int = 0
+    drop_covered: float = 0.7
+
+    def _patches(self, size: tuple[int, int], g: torch.Generator) -> Tensor:
+        h, w = size
+        rects = []
+        for _ in range(_randint(g, *self.n_patches)):
+            pw = max(1, round(_uniform(g, 0.0, self.max_frac) * w))
+            ph = max(1, round(_uniform(g, 0.0, self.max_frac) * h))
+            x1, y1 = _randint(g, 0, w - pw), _randint(g, 0, h - ph)
+            rects.append([x1, y1, x1 + pw, y1 + ph])
+        return torch.tensor(rects, dtype=torch.float32).reshape(-1, 4)
+
+    def __call__(self, state: ViewState, g: torch.Generator) -> ViewState:
+        return erase(state, self._patches(state.size, g), self.fill, self.drop_covered)
+
+
+def erase(state: ViewState, rects: Tensor, fill: int, drop_covered: float) -> ViewState:
+    """Blank integer xyxy ``rects`` and drop boxes covered ≥ ``drop_covered`` by their union."""
+    image = state.image
+    value = torch.tensor(fill, dtype=image.dtype)
+    for x1, y1, x2, y2 in rects.to(torch.int64).tolist():
+        image = F.erase(image, y1, x1, y2 - y1, x2 - x1, value)
+    erased = torch.cat([state.erased, rects.to(torch.float32)])
+    keep = covered_fraction(state.boxes, erased_mask(erased, state.size)) < drop_covered
+    return replace(
+        state, image=image, boxes=state.boxes[keep], labels=state.labels[keep], erased=erased
+    )

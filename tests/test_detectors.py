@@ -1,0 +1,114 @@
+"""Detector adapters: the generic tier on all three torchvision detectors."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from ssodkit.detectors import DetectorConfig, build_detector
+from ssodkit.detectors.protocol import Detections
+from ssodkit.errors import ConfigError
+
+DETECTORS = ["fcos", "retinanet", "faster_rcnn"]
+SMALL = dict(backbone="resnet18", fpn_channels=64, head_convs=1)
+
+
+def tiny(name: str, num_classes: int = 3, **kw) -> torch.nn.Module:
+    torch.manual_seed(0)
+    return build_detector(DetectorConfig(name=name, **{**SMALL, **kw}), num_classes)
+
+
+def square_scene(size: int = 128) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """A bright square and a dark disc-ish square on grey, one box each."""
+    img = torch.full((3, size, size), 0.5)
+    img[:, 20:60, 30:70] = 1.0
+    img[:, 70:110, 64:120] = 0.0
+    target = {"boxes": torch.tensor([[30.0, 20, 70, 60], [64, 70, 120, 110]]), "labels": torch.tensor([0, 2])}
+    return img, target
+
+
+@pytest.mark.parametrize("name", DETECTORS)
+def test_loss_falls_when_training_a_few_steps_on_a_tiny_set(name):
+    model = tiny(name)
+    img, target = square_scene()
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    model.train()
+    losses = []
+    for _ in range(12):
+        out = model("loss", [img, img.flip(-1)], [target, {**target, "boxes": target["boxes"][:, [2, 1, 0, 3]] * torch.tensor([-1, 1, -1, 1]) + torch.tensor([128, 0, 128, 0])}])
+        total = sum(out.values())
+        opt.zero_grad()
+        total.backward()
+        opt.step()
+        losses.append(float(total.detach()))
+    assert all(torch.isfinite(torch.tensor(losses)))
+    assert sum(losses[-3:]) / 3 < 0.8 * sum(losses[:3]) / 3, losses
+
+
+@pytest.mark.parametrize("name", DETECTORS)
+def test_predictions_are_in_input_pixels_without_internal_resize(name):
+    """Odd input sizes come back unscaled: boxes lie within each input's own extent."""
+    model = tiny(name).eval()
+    model.cfg.score_thresh = 0.0
+    if name == "faster_rcnn":
+        model.roi_heads.score_thresh = 0.0
+    images = [torch.rand(3, 97, 203), torch.rand(3, 150, 61)]
+    dets = model.predict(images)
+    assert len(dets) == 2
+    for det, img in zip(dets, images):
+        assert isinstance(det, Detections)
+        h, w = img.shape[-2:]
+        assert len(det) > 0
+        assert float(det.boxes[:, 2].max()) <= w + 1e-3 and float(det.boxes[:, 3].max()) <= h + 1e-3
+        assert det.probs is not None and det.probs.shape == (len(det), 3)
+        # the score of a detection is its class's probability
+        assert torch.allclose(det.probs.gather(1, det.labels[:, None]).squeeze(1), det.scores, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", DETECTORS)
+def test_zero_weight_image_adds_exactly_nothing(name):
+    """An image with weight 0 contributes as if it were not in the batch (eval-mode BN)."""
+    model = tiny(name).eval()  # fixed BN statistics, so the batch composition cannot leak in
+    img, target = square_scene()
+    other = torch.rand(3, 128, 128)
+    other_t = {"boxes": torch.tensor([[5.0, 5, 50, 50]]), "labels": torch.tensor([1])}
+    torch.manual_seed(1)
+    alone = model.loss([img], [target])
+    torch.manual_seed(1)
+    # the zero-weight image comes second so that random sampling of image 0 is unchanged
+    weighted = model.loss([img, other], [target, other_t], image_weights=torch.tensor([1.0, 0.0]))
+    assert alone.keys() == weighted.keys()
+    for k in alone:
+        assert torch.allclose(alone[k], weighted[k], rtol=1e-4, atol=1e-6), (k, alone[k], weighted[k])
+
+
+@pytest.mark.parametrize("name", DETECTORS)
+def test_cls_only_drops_regression_terms(name):
+    model = tiny(name)
+    img, target = square_scene()
+    full = model.loss([img], [target])
+    cls = model.loss([img], [target], cls_only=True)
+    assert set(cls) < set(full)
+    assert all("box" not in k and "ctr" not in k for k in cls)
+
+
+def test_focal_roi_loss_is_smaller_than_cross_entropy():
+    from ssodkit.detectors.faster_rcnn import softmax_focal_loss
+
+    logits = torch.tensor([[2.0, 0.1, -1.0], [0.0, 0.0, 0.0]])
+    labels = torch.tensor([0, 2])
+    ce = torch.nn.functional.cross_entropy(logits, labels, reduction="none")
+    fl = softmax_focal_loss(logits, labels, gamma=1.5)
+    p = torch.softmax(logits, -1)[torch.arange(2), labels]
+    assert torch.allclose(fl, (1 - p) ** 1.5 * ce)
+
+
+def test_empty_targets_train_as_background():
+    model = tiny("fcos")
+    out = model.loss([torch.rand(3, 64, 64)], [{"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.long)}])
+    assert torch.isfinite(out["loss_cls"]) and out["loss_box"] == 0
+
+
+def test_unknown_backbone_is_one_clear_line():
+    with pytest.raises(ConfigError, match="unknown timm model 'resnet_does_not_exist'"):
+        tiny("fcos", backbone="resnet_does_not_exist")
