@@ -269,6 +269,14 @@ def test_view_is_reproducible_from_seed_and_leaves_global_rng_alone(builder) -> 
         assert not outputs_equal(first, view(*sample(), gen(124)))
 
 
+@pytest.mark.parametrize("builder", BUILDERS, ids=lambda b: b.__name__)
+def test_view_accepts_an_image_without_boxes(builder) -> None:
+    image = sample()[0]
+    for seed in range(5):
+        out = builder()(image, torch.zeros(0, 4), torch.zeros(0, dtype=torch.int64), gen(seed))
+        assert out.boxes.shape == (0, 4) and out.labels.shape == (0,)
+
+
 def test_eval_view_is_a_deterministic_resize() -> None:
     out = eval_view(ViewConfig(eval_short_side=48, max_size=1000))(*sample(), gen(0))
     assert out.size == (48, 64)

@@ -190,6 +190,23 @@ class CocoDataset:
         return path
 
 
+def size_bucket(area: float) -> str:
+    """COCO's size bucket of an object area: small < 32², medium < 96², large."""
+    return "small" if area < 32**2 else "medium" if area < 96**2 else "large"
+
+
+def count_objects(coco: CocoDataset) -> tuple[Counter[str], Counter[str]]:
+    """Non-crowd objects per class name and per COCO size bucket (by `area`, else w·h)."""
+    per_class: Counter[str] = Counter({name: 0 for name in coco.class_names})
+    per_size: Counter[str] = Counter({"small": 0, "medium": 0, "large": 0})
+    names = dict(zip(coco.cat_ids, coco.class_names))
+    for ann in coco.annotations:
+        if not ann.iscrowd:
+            per_class[names[ann.category_id]] += 1
+            per_size[size_bucket(ann.area if ann.area is not None else ann.bbox[2] * ann.bbox[3])] += 1
+    return per_class, per_size
+
+
 def write_json_atomic(obj: Any, path: Path) -> None:
     """Write JSON through a temp file in the same folder and `os.replace`, so that readers
     never see a half-written file and a crash leaves the old one intact."""

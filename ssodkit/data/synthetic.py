@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, ImageOps
 from rich.console import Console
 from rich.progress import Progress
 
@@ -153,28 +153,26 @@ def _shape(obj: _Object, rng: np.random.Generator, width: int, height: int) -> l
 
 # --------------------------------------------------------------------------- drawing
 def _hsv(h_deg: float, s: float, v: float) -> np.ndarray:
-    return np.array(colorsys.hsv_to_rgb((h_deg % 360) / 360, s, v), dtype=np.float32) * 255
+    return np.array(colorsys.hsv_to_rgb((h_deg % 360) / 360, s, v)) * 255
 
 
-def _background(rng: np.random.Generator, width: int, height: int) -> np.ndarray:
-    """Dim, desaturated gradient with blotchy low-frequency texture (float32 HxWx3)."""
+def _background(rng: np.random.Generator, width: int, height: int) -> Image.Image:
+    """Dim, desaturated gradient with blotchy texture: both live on a coarse grid that one
+    bilinear resize turns into pixels (cheap, and smooth enough for small PNGs)."""
     c0, c1 = (_hsv(rng.uniform(0, 360), rng.uniform(0, 0.35), rng.uniform(0.15, 0.5)) for _ in range(2))
     angle = rng.uniform(0, 2 * np.pi)
-    ramp = (np.arange(width, dtype=np.float32)[None, :] * np.float32(np.cos(angle))
-            + np.arange(height, dtype=np.float32)[:, None] * np.float32(np.sin(angle)))
-    ramp = (ramp - ramp.min()) / max(float(np.ptp(ramp)), 1.0)
-    canvas = c0 + ramp[..., None] * (c1 - c0)
     cell = int(rng.integers(12, 33))
-    coarse = np.clip(128 + 40 * rng.normal(size=(height // cell + 2, width // cell + 2, 3)), 0, 255)
-    texture = Image.fromarray(coarse.astype(np.uint8)).resize((width, height), Image.BILINEAR)
-    canvas += np.float32(rng.uniform(6, 16) / 40) * (np.asarray(texture, dtype=np.float32) - 128)
-    return np.round(canvas * 0.25) * 4  # coarse levels keep the PNGs small
+    rows, cols = height // cell + 2, width // cell + 2
+    ramp = np.arange(cols)[None, :] * np.cos(angle) + np.arange(rows)[:, None] * np.sin(angle)
+    ramp = (ramp - ramp.min()) / max(float(np.ptp(ramp)), 1.0)
+    coarse = c0 + ramp[..., None] * (c1 - c0) + rng.uniform(6, 16) * rng.normal(size=(rows, cols, 3))
+    img = Image.fromarray(np.clip(coarse, 0, 255).astype(np.uint8)).resize((width, height), Image.BILINEAR)
+    return ImageOps.posterize(img, 6)  # coarse levels keep the PNGs small
 
 
-def _clutter(canvas: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+def _clutter(img: Image.Image, rng: np.random.Generator) -> np.ndarray:
     """Lines and irregular blobs: structure that is not any class, in muted colours."""
-    height, width = canvas.shape[:2]
-    img = Image.fromarray(np.clip(canvas, 0, 255).astype(np.uint8))
+    width, height = img.size
     draw = ImageDraw.Draw(img)
     for _ in range(int(rng.integers(3, 9))):
         colour = tuple(int(c) for c in _hsv(rng.uniform(0, 360), rng.uniform(0, 0.3), rng.uniform(0.2, 0.7)))
@@ -188,7 +186,7 @@ def _clutter(canvas: np.ndarray, rng: np.random.Generator) -> np.ndarray:
             centre = rng.uniform([0, 0], [width, height])
             pts = centre + np.stack([r * np.cos(t), r * np.sin(t)], axis=1)
             draw.polygon([tuple(p) for p in pts], fill=colour)
-    return np.asarray(img, dtype=np.float32)
+    return np.array(img)
 
 
 def _object_colour(cls: int, rng: np.random.Generator) -> np.ndarray:
@@ -234,8 +232,8 @@ def _paint(canvas: np.ndarray, mask: np.ndarray, colour: np.ndarray, tilt: float
     """Fill the mask with the colour, lit by a slight vertical gradient; returns its xywh box."""
     ys, xs = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
     y0, y1, x0, x1 = int(ys[0]), int(ys[-1]) + 1, int(xs[0]), int(xs[-1]) + 1
-    shade = 1 + np.float32(tilt) * np.linspace(-1, 1, y1 - y0, dtype=np.float32)[:, None, None]
-    fill = np.broadcast_to(colour * shade, (y1 - y0, x1 - x0, 3))
+    shade = 1 + tilt * np.linspace(-1, 1, y1 - y0)[:, None, None]
+    fill = np.broadcast_to(np.clip(colour * shade, 0, 255).astype(np.uint8), (y1 - y0, x1 - x0, 3))
     crop = mask[y0:y1, x0:x1]
     canvas[y0:y1, x0:x1][crop] = fill[crop]
     return [x0, y0, x1 - x0, y1 - y0]
@@ -259,7 +257,7 @@ def _render(
         placed.append((mask, mask.copy()))
         box = _paint(canvas, mask, _object_colour(obj.cls, rng), rng.uniform(-0.12, 0.12))
         found.append((obj.cls, box, int(np.count_nonzero(mask))))
-    return np.clip(np.rint(canvas), 0, 255).astype(np.uint8), found
+    return canvas, found
 
 
 # --------------------------------------------------------------------------- splits

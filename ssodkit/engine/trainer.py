@@ -218,7 +218,7 @@ class Trainer:
         for role, model in models.items():
             result, results = evaluate_model(
                 model, self.data.val_dataset, self.data.val_gt, self.data.index_to_cat_id,
-                backend=self.cfg.eval.backend, image_ids=self.data.val_image_ids,
+                backend=self.cfg.eval.backend,
                 batch_size=self.cfg.eval.batch_size, device=self.device, dist=self.dist,
                 amp_dtype=self.amp_dtype,
             )

@@ -129,5 +129,5 @@ def project_boxes(
     A to view B; this is how teacher predictions on the weak view become targets on the
     strong view. Returns ``(boxes, keep)`` as :func:`warp_boxes`.
     """
-    relative = m_from.to(torch.float64) @ torch.linalg.inv(m_to.to(torch.float64))
+    relative = m_to.to(torch.float64) @ torch.linalg.inv(m_from.to(torch.float64))
     return warp_boxes(boxes, relative, size_to, min_size)

@@ -1,0 +1,80 @@
+"""`ssodkit data synth` and `ssodkit data check`: make and validate COCO data sets."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from ssodkit.data.coco import CocoDataset, count_objects, load_coco
+from ssodkit.data.synthetic import SPLITS, generate_synthetic
+
+MAX_PRINTED_DEFECTS = 50
+
+
+def synth(
+    out: Annotated[Path, typer.Option("--out", help="Folder to create (must not exist or be empty).")],
+    seed: Annotated[int, typer.Option(help="Same seed, same bytes.")] = 0,
+    n_train: Annotated[int, typer.Option(help="Labeled training images.")] = 1000,
+    n_val: Annotated[int, typer.Option(help="Validation images.")] = 200,
+    n_unlabeled: Annotated[int, typer.Option(help="Unlabeled images (their boxes are kept as hidden GT).")] = 1000,
+) -> None:
+    """Generate the synthetic shapes data set (COCO JSON + PNG images)."""
+    paths = generate_synthetic(out, seed=seed, n_train=n_train, n_val=n_val, n_unlabeled=n_unlabeled)
+    files = {"train": paths.train, "val": paths.val, "unlabeled": paths.unlabeled}
+    counts = {split: count_objects(load_coco(files[split], check_images="none")) for split in SPLITS}
+    table = Table(title="objects per class and size")
+    table.add_column("")
+    for split in SPLITS:
+        table.add_column(split, justify="right")
+    for index in (0, 1):
+        if index:
+            table.add_section()
+        for name in counts["train"][index]:
+            table.add_row(name, *(str(counts[split][index][name]) for split in SPLITS))
+    console = Console()
+    console.print(f"images: {paths.images}")
+    for split in SPLITS:
+        console.print(f"{split}: {files[split]}")
+    console.print(table)
+
+
+def check(
+    ann: Annotated[Path, typer.Option("--ann", help="COCO instance JSON to validate.")],
+    images: Annotated[
+        Path | None, typer.Option("--images", help="Image folder (default: guessed beside the JSON).")
+    ] = None,
+    decode: Annotated[bool, typer.Option("--decode", help="Decode every image, not just its header.")] = False,
+) -> None:
+    """Validate a COCO file and its images; exit 1 if any record is invalid."""
+    coco = load_coco(ann, images, skip_invalid=True, check_images="decode" if decode else "exists")
+    console = Console()
+    console.print(_summary(coco))
+    for defect in coco.defects[:MAX_PRINTED_DEFECTS]:
+        console.print(f"  {defect}", markup=False, highlight=False)
+    if len(coco.defects) > MAX_PRINTED_DEFECTS:
+        console.print(f"  … and {len(coco.defects) - MAX_PRINTED_DEFECTS} more")
+    if coco.defects:
+        raise typer.Exit(code=1)
+
+
+def _summary(coco: CocoDataset) -> Table:
+    table = Table(title=str(coco.source), show_header=False)
+    table.add_column(style="bold")
+    table.add_column(justify="right")
+    table.add_row("image root", str(coco.image_root))
+    table.add_row("images", f"{len(coco.images)} valid, {coco.dropped['images']} dropped")
+    table.add_row("annotations", f"{len(coco.annotations)} valid, {coco.dropped['annotations']} dropped")
+    table.add_row("classes", str(len(coco.categories)))
+    table.add_row("defects", f"[red]{len(coco.defects)}[/]" if coco.defects else "[green]0[/]")
+    return table
+
+
+def register(app: typer.Typer) -> None:
+    data_app = typer.Typer(help="Make and validate COCO data sets.", no_args_is_help=True)
+    data_app.command("synth")(synth)
+    data_app.command("check")(check)
+    app.add_typer(data_app, name="data")

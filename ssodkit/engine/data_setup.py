@@ -1,0 +1,198 @@
+"""Turn a run config into data: sources (synthetic, split), datasets, infinite batch streams."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from ssodkit.config import RunConfig
+from ssodkit.data.coco import CocoDataset, load_coco, load_unlabeled
+from ssodkit.data.datasets import EvalDataset, LabeledDataset, UnlabeledDataset
+from ssodkit.data.sampler import InfiniteBatchSampler
+from ssodkit.data.splits import split_dataset
+from ssodkit.engine.distributed import DistInfo, barrier
+from ssodkit.errors import DataError
+from ssodkit.methods.base import ViewBatch
+from ssodkit.plugins import get_registry
+
+UNLABELED_SEED_OFFSET = 1_000_003  # separate stream from the labeled one
+
+
+@dataclass
+class DataSources:
+    train: CocoDataset
+    val: CocoDataset | None
+    unlabeled: CocoDataset | None
+
+
+def resolve_sources(cfg: RunConfig, run_dir: Path, dist: DistInfo, need_unlabeled: bool) -> DataSources:
+    """Read and validate the COCO files a run needs (generating the synthetic set if asked)."""
+    data = cfg.data
+    train_ann, train_images = data.train_ann, data.train_images
+    val_ann, val_images = data.val_ann, data.val_images
+    unlabeled_src, unlabeled_images = data.unlabeled, data.unlabeled_images
+    if data.synthetic:
+        from ssodkit.data.synthetic import ensure_synthetic
+
+        if dist.is_main:
+            paths = ensure_synthetic(seed=data.synthetic_seed)
+        barrier(dist)
+        paths = ensure_synthetic(seed=data.synthetic_seed)
+        train_ann, train_images = paths.train, paths.images
+        val_ann, val_images = val_ann or paths.val, val_images or (paths.images if val_ann is None else None)
+        if unlabeled_src is None and data.labeled_percent is None:
+            unlabeled_src, unlabeled_images = paths.unlabeled, paths.images
+    assert train_ann is not None
+    train = load_coco(train_ann, train_images, skip_invalid=data.skip_invalid)
+    unlabeled = None
+    if data.labeled_percent is not None:
+        train, rest = split_dataset(train, data.labeled_percent, data.fold)
+        if dist.is_main:
+            stem = f"{Path(train_ann).stem}.{data.fold}@{data.labeled_percent:g}"
+            train.save(run_dir / "splits" / f"{stem}.json")
+            rest.save(run_dir / "splits" / f"{stem}-unlabeled.json")
+        if unlabeled_src is None:
+            unlabeled = rest
+    if need_unlabeled and unlabeled is None:
+        if unlabeled_src is None:
+            raise DataError(
+                f"method '{cfg.method.name}' needs unlabeled images: pass --unlabeled or --labeled-percent"
+            )
+        unlabeled = load_unlabeled(unlabeled_src, unlabeled_images, skip_invalid=data.skip_invalid)
+    val = load_coco(val_ann, val_images, skip_invalid=data.skip_invalid) if val_ann else None
+    if val is not None and val.class_names != train.class_names:
+        raise DataError(f"{val_ann}: categories {val.class_names} differ from {train_ann}'s {train.class_names}")
+    if val is not None and cfg.eval.max_images is not None:
+        val = val.subset(val.image_ids[: cfg.eval.max_images])
+    return DataSources(train, val, unlabeled if need_unlabeled else None)
+
+
+class MultiViewDataset(Dataset):
+    """Each unlabeled image through several named views, each with its own random draw."""
+
+    def __init__(self, per_view: dict[str, UnlabeledDataset]) -> None:
+        self.per_view = per_view
+
+    def __len__(self) -> int:
+        return len(next(iter(self.per_view.values())))
+
+    def __getitem__(self, index: tuple[int, int]) -> dict[str, dict[str, Any]]:
+        image_index, seed = index
+        return {
+            name: ds[(image_index, (seed * 31 + k) & 0x7FFFFFFF)]
+            for k, (name, ds) in enumerate(self.per_view.items())
+        }
+
+
+def samples_to_batch(samples: list[dict[str, Any]], device: torch.device) -> ViewBatch:
+    return ViewBatch(
+        images=[s["image"].to(device, non_blocking=True).float().div_(255.0) for s in samples],
+        targets=[{"boxes": s["boxes"].to(device), "labels": s["labels"].to(device)} for s in samples],
+        matrices=[s["matrix"] for s in samples],
+        image_ids=[int(s["image_id"]) for s in samples],
+        extras=[{k: v for k, v in s.items() if k not in ("image", "boxes", "labels", "matrix", "image_id")} for s in samples],
+    )
+
+
+@dataclass
+class TrainData:
+    cfg: RunConfig
+    dist: DistInfo
+    sources: DataSources
+    train_dataset: LabeledDataset
+    unlabeled_dataset: MultiViewDataset | None
+    val_dataset: EvalDataset | None
+    _loaders: list[Any] = field(default_factory=list)
+
+    @property
+    def classes(self) -> list[str]:
+        return self.sources.train.class_names
+
+    @property
+    def index_to_cat_id(self) -> list[int]:
+        return self.sources.train.index_to_cat_id
+
+    @property
+    def val(self) -> CocoDataset | None:
+        return self.sources.val
+
+    @property
+    def num_unlabeled(self) -> int:
+        return 0 if self.unlabeled_dataset is None else len(self.unlabeled_dataset)
+
+    @property
+    def val_gt(self) -> dict[str, Any]:
+        assert self.sources.val is not None
+        if not hasattr(self, "_val_gt"):
+            self._val_gt = self.sources.val.to_dict()
+        return self._val_gt
+
+    def _stream(self, dataset: Dataset, num_images: int, batch_size: int, seed: int, start_batch: int) -> Iterator[list]:
+        sampler = InfiniteBatchSampler(
+            num_images, batch_size, seed=seed, rank=self.dist.rank,
+            world_size=self.dist.world_size, start_batch=start_batch,
+        )
+        workers = self.cfg.data.num_workers
+        loader = DataLoader(
+            dataset, batch_sampler=sampler, num_workers=workers, collate_fn=list,
+            persistent_workers=False, prefetch_factor=2 if workers else None,
+        )
+        iterator = iter(loader)
+        self._loaders.append(iterator)
+        return iterator
+
+    def batches(self, start_batch: int) -> Iterator[tuple[list, dict[str, list] | None]]:
+        """(labeled samples, unlabeled samples per view) per iteration, from `start_batch` on."""
+        seed = self.cfg.train.seed
+        labeled = self._stream(self.train_dataset, len(self.train_dataset), self.cfg.train.batch_size, seed, start_batch)
+        unlabeled = None
+        if self.unlabeled_dataset is not None and self.cfg.train.unlabeled_batch_size > 0:
+            unlabeled = self._stream(
+                self.unlabeled_dataset, len(self.unlabeled_dataset), self.cfg.train.unlabeled_batch_size,
+                seed + UNLABELED_SEED_OFFSET, start_batch,
+            )
+        while True:
+            lab = next(labeled)
+            if unlabeled is None:
+                yield lab, None
+            else:
+                samples = next(unlabeled)
+                yield lab, {name: [s[name] for s in samples] for name in samples[0]}
+
+    def to_device(self, batch: tuple[list, dict[str, list] | None], device: torch.device):
+        labeled, unlabeled = batch
+        lab = samples_to_batch(labeled, device)
+        if unlabeled is None:
+            return lab, None
+        return lab, {name: samples_to_batch(s, device) for name, s in unlabeled.items()}
+
+    def close(self) -> None:
+        for it in self._loaders:
+            shutdown = getattr(it, "_shutdown_workers", None)
+            if shutdown is not None:
+                shutdown()
+        self._loaders.clear()
+
+
+def build_train_data(cfg: RunConfig, run_dir: Path, dist: DistInfo, unlabeled_views: tuple[str, ...]) -> TrainData:
+    registry = get_registry()
+    need_unlabeled = bool(unlabeled_views)
+    sources = resolve_sources(cfg, run_dir, dist, need_unlabeled)
+    labeled_view = registry.get("views", "labeled")(cfg.views)
+    train_dataset = LabeledDataset(sources.train, labeled_view)
+    if len(train_dataset) == 0:
+        raise DataError(f"{sources.train.source}: no image with a (non-crowd) box to train on")
+    unlabeled_dataset = None
+    if need_unlabeled and sources.unlabeled is not None:
+        unlabeled_dataset = MultiViewDataset(
+            {name: UnlabeledDataset(sources.unlabeled, registry.get("views", name)(cfg.views)) for name in unlabeled_views}
+        )
+    val_dataset = None
+    if sources.val is not None:
+        val_dataset = EvalDataset(sources.val, registry.get("views", "eval")(cfg.views))
+    return TrainData(cfg, dist, sources, train_dataset, unlabeled_dataset, val_dataset)
