@@ -43,3 +43,52 @@ def run_cli(*args: str) -> CliResult:
 @pytest.fixture
 def cli():
     return run_cli
+
+
+# --------------------------------------------------------------------------- tiny runs
+
+TINY_FLAGS = {
+    "detector.backbone": "resnet18",
+    "detector.fpn_channels": 64,
+    "detector.head_convs": 1,
+    "views.train_short_side": [96, 128],
+    "views.max_size": 160,
+    "views.eval_short_side": 112,
+    "train.batch_size": 2,
+    "train.log_interval": 1,
+    "data.num_workers": 0,
+    "schedule.iters": 4,
+    "schedule.warmup_iters": 1,
+    "eval.interval": 1000,
+    "eval.batch_size": 4,
+}
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory):
+    """A small synthetic COCO set (12 train, 6 val, 8 unlabeled images), made once."""
+    from ssodkit.data.synthetic import generate_synthetic
+
+    return generate_synthetic(tmp_path_factory.mktemp("synth") / "data", seed=3, n_train=12, n_val=6, n_unlabeled=8)
+
+
+@pytest.fixture
+def tiny_config(tiny_data, tmp_path):
+    """Build a RunConfig for a few CPU steps on `tiny_data`; keyword args are dotted overrides."""
+    from ssodkit.config import build_config
+
+    def make(**overrides):
+        flags = {
+            **TINY_FLAGS,
+            "data.train_ann": str(tiny_data.train),
+            "data.train_images": str(tiny_data.images),
+            "data.val_ann": str(tiny_data.val),
+            "data.val_images": str(tiny_data.images),
+            "data.unlabeled": str(tiny_data.unlabeled),
+            "data.unlabeled_images": str(tiny_data.images),
+            "output.runs_dir": str(tmp_path / "runs"),
+        }
+        flags.update({k.replace("__", "."): v for k, v in overrides.items()})
+        return build_config(None, flags)
+
+    return make

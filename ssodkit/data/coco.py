@@ -339,7 +339,7 @@ def _first_of_each(items: list[R], report: Callable[[R, R], None]) -> list[R]:
 def _check_categories(v: _Validator, raw: list[Any]) -> tuple[list[CocoCategory], set[int]]:
     cats, bad = v.parse(raw, "categories", CocoCategory)
     cats = _first_of_each(cats, lambda c, _: v.add("duplicate category id", record=f"category {c.id}"))
-    return cats, bad
+    return cats, bad - {c.id for c in cats}
 
 
 def _check_images(v: _Validator, raw: list[Any]) -> tuple[list[CocoImage], set[int]]:
@@ -378,21 +378,19 @@ def _check_annotations(
     cat_ids: set[int],
     bad_cats: set[int],
 ) -> list[CocoAnnotation]:
-    """Valid annotations; those of an invalid image are dropped silently (the image is
-    reported) so that one defect is not reported twice."""
+    """Valid annotations; those of an invalid image or category are dropped silently (the
+    image or category is reported) so that one defect is not reported twice."""
     anns, _ = v.parse(raw, "annotations", CocoAnnotation)
     anns = _first_of_each(
         anns, lambda a, _: v.add("duplicate annotation id", ann_id=a.id, image_id=a.image_id)
     )
     valid = []
     for ann in anns:
-        if ann.image_id in bad_images:
+        if ann.image_id in bad_images or ann.category_id in bad_cats:
             continue
         img = images.get(ann.image_id)
         if img is None:
             problem: str | None = f"image_id {ann.image_id} is not an image of the file"
-        elif ann.category_id in bad_cats:
-            problem = f"category_id {ann.category_id} refers to an invalid category"
         elif ann.category_id not in cat_ids:
             problem = f"category_id {ann.category_id} is not a declared category"
         else:
@@ -518,7 +516,7 @@ def _build(
         "categories": len(raw["categories"]) - len(categories),
     }
     if v.defects:
-        counts = ", ".join(f"{n} {k}" for k, n in dropped.items() if n)
+        counts = ", ".join(f"{k}: {n}" for k, n in dropped.items() if n)
         log.warning("%s: dropped %s (%d defects; first: %s)", path, counts, len(v.defects), v.defects[0])
     extra = {k: val for k, val in raw.items() if k not in ("images", "annotations", "categories")}
     return CocoDataset(kept_images, kept_anns, categories, path, root, dropped, v.defects, extra)

@@ -1,0 +1,105 @@
+"""Plugin manager: built-ins through entry points, third-party plugins, clear failures."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+import textwrap
+
+import pytest
+
+from ssodkit.errors import SsodkitError
+from ssodkit.plugins import get_registry, reset_plugin_manager
+
+
+@pytest.fixture
+def fresh_plugins(monkeypatch):
+    reset_plugin_manager()
+    yield monkeypatch
+    reset_plugin_manager()
+
+
+def install_fake_distribution(tmp_path, monkeypatch, module_source: str, dist: str = "ssodkit-demo") -> None:
+    """A real installed distribution (dist-info + entry point) on sys.path, no pip needed."""
+    (tmp_path / "demo_plugin.py").write_text(textwrap.dedent(module_source))
+    info = tmp_path / f"{dist.replace('-', '_')}-0.3.1.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: 0.3.1\n")
+    (info / "entry_points.txt").write_text("[ssodkit]\ndemo = demo_plugin\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    sys.modules.pop("demo_plugin", None)
+    importlib.invalidate_caches()
+
+
+def test_builtins_are_registered_through_the_hooks(fresh_plugins):
+    registry = get_registry()
+    assert {"faster_rcnn", "retinanet", "fcos"} <= set(registry.names("detectors"))
+    assert "supervised" in registry.names("methods")
+    assert {"labeled", "eval", "weak", "strong"} <= set(registry.names("views"))
+    provider = registry.entries("detectors")[0].provider
+    assert provider.distribution == "ssodkit"
+
+
+def test_unknown_name_lists_the_valid_ones(fresh_plugins):
+    with pytest.raises(SsodkitError, match=r"unknown detector 'fcoss'; valid: faster_rcnn, fcos, retinanet\. Did you mean 'fcos'\?"):
+        get_registry().get("detectors", "fcoss")
+
+
+def test_entry_point_plugin_is_picked_up_with_its_package(fresh_plugins, tmp_path):
+    install_fake_distribution(tmp_path, fresh_plugins, """
+        from ssodkit.plugins import hookimpl
+        from ssodkit.methods.supervised import Supervised
+
+        class Demo(Supervised):
+            name = "demo"
+
+        @hookimpl
+        def register_methods(register):
+            register("demo", Demo)
+    """)
+    fresh_plugins.setenv("SSODKIT_LOAD_PLUGINS", "ssodkit-demo")
+    entry = next(e for e in get_registry().entries("methods") if e.name == "demo")
+    assert (entry.provider.distribution, entry.provider.version) == ("ssodkit-demo", "0.3.1")
+
+
+def test_external_plugins_load_only_when_selected(fresh_plugins, tmp_path):
+    install_fake_distribution(tmp_path, fresh_plugins, """
+        from ssodkit.plugins import hookimpl
+
+        @hookimpl
+        def register_detectors(register):
+            register("demo_det", object)
+    """)
+    fresh_plugins.setenv("SSODKIT_LOAD_PLUGINS", "")
+    assert "demo_det" not in get_registry().names("detectors")
+
+
+def test_plugin_that_raises_while_registering_is_named(fresh_plugins, tmp_path):
+    install_fake_distribution(tmp_path, fresh_plugins, """
+        from ssodkit.plugins import hookimpl
+
+        @hookimpl
+        def register_detectors(register):
+            raise RuntimeError("boom")
+    """, dist="ssodkit-broken")
+    fresh_plugins.setenv("SSODKIT_LOAD_PLUGINS", "ssodkit-broken")
+    with pytest.raises(SsodkitError, match=r"plugin 'demo' from distribution 'ssodkit-broken' 0.3.1 raised while registering detectors: RuntimeError: boom"):
+        get_registry()
+
+
+def test_plugin_that_fails_to_import_is_named(fresh_plugins, tmp_path):
+    install_fake_distribution(tmp_path, fresh_plugins, "import not_a_module_anywhere\n", dist="ssodkit-badimport")
+    fresh_plugins.setenv("SSODKIT_LOAD_PLUGINS", "ssodkit-badimport")
+    with pytest.raises(SsodkitError, match="plugin 'demo' from distribution 'ssodkit-badimport' 0.3.1 failed to load"):
+        get_registry()
+
+
+def test_plugins_command_lists_builtins(fresh_plugins, cli):
+    result = cli("plugins", "--json")
+    assert result.exit_code == 0, result.output
+    import json
+
+    rows = json.loads(result.stdout)
+    names = {(r["kind"], r["name"]) for r in rows}
+    assert {("detector", "fcos"), ("method", "supervised"), ("view", "strong")} <= names
+    assert all(r["package"] == "ssodkit" for r in rows)

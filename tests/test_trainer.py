@@ -1,0 +1,96 @@
+"""The training loop: exact resume, skipped non-finite steps, SIGINT, checkpoints, logs."""
+
+from __future__ import annotations
+
+import os
+import signal
+
+import torch
+
+from ssodkit.engine.checkpoint import load_checkpoint
+from ssodkit.engine.metrics import read_metrics
+from ssodkit.engine.trainer import Trainer
+
+
+def train(cfg, **kwargs):
+    trainer = Trainer(cfg, **kwargs)
+    try:
+        return trainer, trainer.run()
+    finally:
+        trainer.close()
+
+
+class StopAfter(Trainer):
+    """Sends itself SIGINT after `n` steps, as a user pressing Ctrl-C would."""
+
+    stop_after = 3
+
+    def train_step(self, batch):
+        out = super().train_step(batch)
+        if self.iteration + 1 == self.stop_after:
+            os.kill(os.getpid(), signal.SIGINT)
+        return out
+
+
+def test_resume_after_interrupt_equals_uninterrupted_run(tiny_config):
+    cfg = tiny_config(schedule__iters=6, output__name="straight")
+    straight, summary = train(cfg)
+    assert summary.status == "finished" and summary.iterations == 6
+
+    cfg = tiny_config(schedule__iters=6, output__name="interrupted")
+    interrupted = StopAfter(cfg)
+    try:
+        first = interrupted.run()
+    finally:
+        interrupted.close()
+    assert first.status == "interrupted" and first.iterations == 3
+    assert load_checkpoint(first.run_dir / "checkpoints" / "last.pt")["iteration"] == 3
+
+    resumed, second = train(cfg, resume=first.run_dir)
+    assert second.iterations == 6
+    for (name, a), b in zip(straight.model.state_dict().items(), resumed.model.state_dict().values()):
+        assert torch.equal(a, b), name
+    # the log holds each iteration once, even though iterations 1-3 ran before the restart
+    iters = [r["iter"] for r in read_metrics(first.run_dir / "metrics.jsonl") if r["type"] == "train"]
+    assert iters == [1, 2, 3, 4, 5, 6]
+
+
+def test_non_finite_loss_skips_the_step_and_counts_it(tiny_config):
+    cfg = tiny_config(schedule__iters=3)
+    trainer = Trainer(cfg)
+    original = trainer.method.step
+    calls = {"n": 0}
+
+    def sometimes_nan(*args, **kwargs):
+        losses = original(*args, **kwargs)
+        calls["n"] += 1
+        if calls["n"] == 2:
+            losses = {k: v * float("nan") for k, v in losses.items()}
+        return losses
+
+    trainer.method.step = sometimes_nan
+    before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    try:
+        summary = trainer.run()
+    finally:
+        trainer.close()
+    assert summary.skipped_steps == 1 and summary.iterations == 3
+    assert all(torch.isfinite(p).all() for p in trainer.model.parameters())
+    assert any(not torch.equal(before[k], v) for k, v in trainer.model.state_dict().items())
+    last = [r for r in read_metrics(summary.run_dir / "metrics.jsonl") if r["type"] == "train"][-1]
+    assert last["skipped_steps"] == 1
+
+
+def test_run_folder_holds_config_checkpoints_metrics_and_eval(tiny_config):
+    cfg = tiny_config(schedule__iters=2, eval__interval=2)
+    _, summary = train(cfg)
+    run = summary.run_dir
+    assert (run / "config.yaml").is_file()
+    assert (run / "checkpoints" / "last.pt").is_file() and (run / "checkpoints" / "best.pt").is_file()
+    evals = [r for r in read_metrics(run / "metrics.jsonl") if r["type"] == "eval"]
+    assert evals and "student/map" in evals[0]
+    assert list((run / "eval").glob("student_iter*.json"))
+    assert summary.final["student"].num_images == 6
+    # a second run with the same name never overwrites the first
+    _, again = train(cfg)
+    assert again.run_dir != run and again.run_dir.name.endswith("-2")
