@@ -31,11 +31,27 @@ def _coco() -> dict:
             {"id": 7, "file_name": "b.png", "width": W, "height": H},
         ],
         "annotations": [
-            {"id": 12, "image_id": 5, "category_id": 3, "bbox": [1, 2, 10, 20], "area": 200.0, "iscrowd": 0},
-            {"id": 13, "image_id": 5, "category_id": 9, "bbox": [30, 10, 5, 5], "segmentation": [[30, 10, 35, 10, 35, 15]]},
+            {
+                "id": 12,
+                "image_id": 5,
+                "category_id": 3,
+                "bbox": [1, 2, 10, 20],
+                "area": 200.0,
+                "iscrowd": 0,
+            },
+            {
+                "id": 13,
+                "image_id": 5,
+                "category_id": 9,
+                "bbox": [30, 10, 5, 5],
+                "segmentation": [[30, 10, 35, 10, 35, 15]],
+            },
             {"id": 14, "image_id": 7, "category_id": 3, "bbox": [0, 0, 64, 48], "iscrowd": 1},
         ],
-        "categories": [{"id": 9, "name": "dog"}, {"id": 3, "name": "cat", "supercategory": "animal"}],
+        "categories": [
+            {"id": 9, "name": "dog"},
+            {"id": 3, "name": "cat", "supercategory": "animal"},
+        ],
     }
 
 
@@ -144,6 +160,11 @@ def test_explicit_image_root_wins(tmp_path, ann):
     assert load_coco(ann, other).image_root == other
 
 
+def test_explicit_image_root_that_is_not_a_folder_is_an_error(tmp_path, ann):
+    with pytest.raises(DataError, match="image root .*nowhere is not a directory"):
+        load_coco(ann, tmp_path / "nowhere")
+
+
 # --------------------------------------------------------------------------- file-level errors
 def test_missing_file_is_reported(tmp_path):
     assert _error(tmp_path / "absent.json") == f"{tmp_path / 'absent.json'}: file not found"
@@ -164,7 +185,9 @@ def test_top_level_that_is_not_an_object_is_reported(tmp_path):
 def test_missing_and_mistyped_top_level_keys_are_reported_together(tmp_path):
     path = tmp_path / "keys.json"
     path.write_text(json.dumps({"images": {}, "categories": []}))
-    assert _error(path) == f"{path}: 'images' must be a list, got an object; missing key 'annotations'"
+    assert (
+        _error(path) == f"{path}: 'images' must be a list, got an object; missing key 'annotations'"
+    )
 
 
 def test_annotations_key_is_optional_when_not_required(tmp_path):
@@ -189,23 +212,65 @@ def _append(section: str, record) -> Callable[[dict], None]:
 
 RECORD_DEFECTS = {
     "image missing field": (_drop("images", 1, "width"), "image 7 (b.png): missing field 'width'"),
-    "image wrong type": (_set("images", 0, height="tall"), "image 5 (a.png): field 'height': input should be a valid integer"),
+    "image wrong type": (
+        _set("images", 0, height="tall"),
+        "image 5 (a.png): field 'height': input should be a valid integer",
+    ),
     "image not an object": (_append("images", 3), "images[2]: must be an object, got a number"),
     "annotation without id": (_drop("annotations", 0, "id"), "annotations[0]: missing field 'id'"),
-    "annotation bbox of wrong length": (_set("annotations", 0, bbox=[1, 2, 3]), "annotation 12 (image 5): field 'bbox': list should have at least 4 items"),
-    "annotation bbox not numbers": (_set("annotations", 0, bbox="1,2,3,4"), "annotation 12 (image 5): field 'bbox': input should be a valid list"),
-    "annotation string id": (_set("annotations", 1, category_id="9"), "annotation 13 (image 5): field 'category_id': input should be a valid integer"),
-    "iscrowd not 0 or 1": (_set("annotations", 1, iscrowd=2), "annotation 13 (image 5): field 'iscrowd': input should be 0 or 1"),
+    "annotation bbox of wrong length": (
+        _set("annotations", 0, bbox=[1, 2, 3]),
+        "annotation 12 (image 5): field 'bbox': list should have at least 4 items",
+    ),
+    "annotation bbox not numbers": (
+        _set("annotations", 0, bbox="1,2,3,4"),
+        "annotation 12 (image 5): field 'bbox': input should be a valid list",
+    ),
+    "annotation string id": (
+        _set("annotations", 1, category_id="9"),
+        "annotation 13 (image 5): field 'category_id': input should be a valid integer",
+    ),
+    "iscrowd not 0 or 1": (
+        _set("annotations", 1, iscrowd=2),
+        "annotation 13 (image 5): field 'iscrowd': input should be 0 or 1",
+    ),
     "category missing name": (_drop("categories", 0, "name"), "category 9: missing field 'name'"),
-    "box width zero": (_set("annotations", 0, bbox=[1, 2, 0, 20]), "annotation 12 (image 5): box width 0 ≤ 0"),
-    "box height negative": (_set("annotations", 0, bbox=[1, 2, 5, -3]), "annotation 12 (image 5): box height -3 ≤ 0"),
-    "box outside image": (_set("annotations", 0, bbox=[60, 2, 10, 20]), "annotation 12 (image 5): box [60, 2, 10, 20] extends outside the 64x48 image"),
-    "box left of image": (_set("annotations", 0, bbox=[-1.5, 2, 10, 20]), "annotation 12 (image 5): box [-1.5, 2, 10, 20] extends outside"),
-    "undeclared category": (_set("annotations", 0, category_id=4), "annotation 12 (image 5): category_id 4 is not a declared category"),
-    "unknown image": (_set("annotations", 0, image_id=99), "annotation 12 (image 99): image_id 99 is not an image of the file"),
-    "duplicate image id": (_append("images", {"id": 5, "file_name": "b.png", "width": W, "height": H}), "image 5 (b.png): duplicate image id (also used by a.png)"),
-    "duplicate annotation id": (_set("annotations", 2, id=12), "annotation 12 (image 7): duplicate annotation id"),
-    "duplicate category id": (_append("categories", {"id": 3, "name": "lion"}), "category 3: duplicate category id"),
+    "box width zero": (
+        _set("annotations", 0, bbox=[1, 2, 0, 20]),
+        "annotation 12 (image 5): box width 0 ≤ 0",
+    ),
+    "box height negative": (
+        _set("annotations", 0, bbox=[1, 2, 5, -3]),
+        "annotation 12 (image 5): box height -3 ≤ 0",
+    ),
+    "box outside image": (
+        _set("annotations", 0, bbox=[60, 2, 10, 20]),
+        "annotation 12 (image 5): box [60, 2, 10, 20] extends outside the 64x48 image",
+    ),
+    "box left of image": (
+        _set("annotations", 0, bbox=[-1.5, 2, 10, 20]),
+        "annotation 12 (image 5): box [-1.5, 2, 10, 20] extends outside",
+    ),
+    "undeclared category": (
+        _set("annotations", 0, category_id=4),
+        "annotation 12 (image 5): category_id 4 is not a declared category",
+    ),
+    "unknown image": (
+        _set("annotations", 0, image_id=99),
+        "annotation 12 (image 99): image_id 99 is not an image of the file",
+    ),
+    "duplicate image id": (
+        _append("images", {"id": 5, "file_name": "b.png", "width": W, "height": H}),
+        "image 5 (b.png): duplicate image id (also used by a.png)",
+    ),
+    "duplicate annotation id": (
+        _set("annotations", 2, id=12),
+        "annotation 12 (image 7): duplicate annotation id",
+    ),
+    "duplicate category id": (
+        _append("categories", {"id": 3, "name": "lion"}),
+        "category 3: duplicate category id",
+    ),
 }
 
 
@@ -224,20 +289,30 @@ def test_record_defect_is_reported_with_file_and_id(tmp_path, defect):
 def test_missing_image_file_is_reported_with_its_path(tmp_path, ann):
     (tmp_path / "images" / "b.png").unlink()
     message = _error(ann)
-    assert f"  image 7 (b.png): file not found at {tmp_path / 'images' / 'b.png'}" in message.splitlines()
+    assert (
+        f"  image 7 (b.png): file not found at {tmp_path / 'images' / 'b.png'}"
+        in message.splitlines()
+    )
 
 
 def test_image_size_disagreeing_with_json_is_reported(tmp_path, ann):
     _write_image(tmp_path / "images" / "a.png", width=50)
-    assert "  image 5 (a.png): size on disk is 50x48 (after EXIF orientation) but the JSON says 64x48" in _error(ann)
+    assert (
+        "  image 5 (a.png): size on disk is 50x48 (after EXIF orientation) but the JSON says 64x48"
+        in _error(ann)
+    )
 
 
 def test_corrupt_image_is_reported_when_decoding(tmp_path, ann):
     image = tmp_path / "images" / "a.png"
-    Image.fromarray(np.random.default_rng(0).integers(0, 255, (H, W, 3), dtype=np.uint8)).save(image)
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (H, W, 3), dtype=np.uint8)).save(
+        image
+    )
     image.write_bytes(image.read_bytes()[:300])
     assert len(load_coco(ann, check_images="exists").images) == 2  # header is intact
-    assert "  image 5 (a.png): unreadable image: corrupt image" in _error(ann, check_images="decode")
+    assert "  image 5 (a.png): unreadable image: corrupt image" in _error(
+        ann, check_images="decode"
+    )
 
 
 def test_unreadable_image_header_is_reported_when_checking_existence(tmp_path, ann):
@@ -332,7 +407,9 @@ def test_unlabeled_folder_is_scanned_recursively_in_sorted_path_order(tmp_path):
     (folder / "notes.txt").write_text("ignored")
     coco = load_unlabeled(folder)
     assert [(i.id, i.file_name, i.width, i.height) for i in coco.images] == [
-        (1, "a.png", 8, 8), (2, "b.png", 30, 20), (3, "sub/a.JPG", 10, 12),
+        (1, "a.png", 8, 8),
+        (2, "b.png", 30, 20),
+        (3, "sub/a.JPG", 10, 12),
     ]
     assert coco.annotations == [] and coco.categories == []
     assert coco.image_path(3) == folder / "sub" / "a.JPG"
@@ -371,10 +448,19 @@ def test_results_file_is_validated_against_its_ground_truth(tmp_path, ann):
 @pytest.mark.parametrize(
     ("entry", "expected"),
     [
-        ({"image_id": 99, "category_id": 3, "bbox": [1, 2, 3, 4], "score": 0.5}, "entry 1: image_id 99 is not in train.json"),
-        ({"image_id": 5, "category_id": 4, "bbox": [1, 2, 3, 4], "score": 0.5}, "entry 1: category_id 4 is not in train.json"),
+        (
+            {"image_id": 99, "category_id": 3, "bbox": [1, 2, 3, 4], "score": 0.5},
+            "entry 1: image_id 99 is not in train.json",
+        ),
+        (
+            {"image_id": 5, "category_id": 4, "bbox": [1, 2, 3, 4], "score": 0.5},
+            "entry 1: category_id 4 is not in train.json",
+        ),
         ({"image_id": 5, "category_id": 3, "bbox": [1, 2, 3, 4]}, "entry 1: missing field 'score'"),
-        ({"image_id": 5, "category_id": 3, "bbox": [1, 2, -3, 4], "score": 0.5}, "entry 1: box size -3x4 is negative"),
+        (
+            {"image_id": 5, "category_id": 3, "bbox": [1, 2, -3, 4], "score": 0.5},
+            "entry 1: box size -3x4 is negative",
+        ),
         ("detection", "entry 1: must be an object, got a string"),
     ],
 )
@@ -419,4 +505,3 @@ def test_data_check_of_unparseable_file_raises_data_error(tmp_path):
     path.write_text("{")
     result = _cli("data", "check", "--ann", path)
     assert isinstance(result.exception, DataError)
-

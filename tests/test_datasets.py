@@ -33,7 +33,10 @@ def coco(tmp_path) -> CocoDataset:
         pixels = np.full((h, w, 3), image_id * 40, np.uint8)
         Image.fromarray(pixels).save(root / f"{image_id}.png")
     data = {
-        "images": [{"id": i, "file_name": f"{i}.png", "width": w, "height": h} for i, (w, h) in sizes.items()],
+        "images": [
+            {"id": i, "file_name": f"{i}.png", "width": w, "height": h}
+            for i, (w, h) in sizes.items()
+        ],
         "annotations": [
             {"id": 1, "image_id": 1, "category_id": 20, "bbox": [1, 2, 10, 5]},
             {"id": 2, "image_id": 1, "category_id": 10, "bbox": [5, 5, 20, 20]},
@@ -48,7 +51,15 @@ def coco(tmp_path) -> CocoDataset:
 
 
 def _assert_sample(sample: dict, image_id: int, height: int, width: int) -> None:
-    assert set(sample) == {"image", "boxes", "labels", "image_id", "matrix", "orig_size", "file_name"}
+    assert set(sample) == {
+        "image",
+        "boxes",
+        "labels",
+        "image_id",
+        "matrix",
+        "orig_size",
+        "file_name",
+    }
     assert sample["image"].dtype == torch.uint8 and sample["image"].shape == (3, height, width)
     assert sample["boxes"].dtype == torch.float32 and sample["boxes"].shape[1] == 4
     assert sample["labels"].dtype == torch.int64 and len(sample["labels"]) == len(sample["boxes"])
@@ -107,7 +118,9 @@ def test_the_view_gets_a_generator_seeded_by_the_index_seed(coco):
 
 def test_collate_returns_the_list_of_samples_through_a_dataloader(coco):
     dataset = UnlabeledDataset(coco, identity_view)
-    loader = DataLoader(dataset, batch_size=3, sampler=[(0, 1), (1, 1), (2, 1)], collate_fn=collate_samples)
+    loader = DataLoader(
+        dataset, batch_size=3, sampler=[(0, 1), (1, 1), (2, 1)], collate_fn=collate_samples
+    )
     (batch,) = list(loader)
     assert isinstance(batch, list) and [s["image_id"] for s in batch] == [1, 2, 3]
 

@@ -57,7 +57,9 @@ def test_rgba_is_composited_on_black(tmp_path):
 
 def test_gray_with_alpha_is_composited_on_black(tmp_path):
     path = tmp_path / "la.png"
-    la = np.stack([np.full((2, 2), 180, np.uint8), np.array([[255, 0], [0, 255]], np.uint8)], axis=-1)
+    la = np.stack(
+        [np.full((2, 2), 180, np.uint8), np.array([[255, 0], [0, 255]], np.uint8)], axis=-1
+    )
     Image.fromarray(la, "LA").save(path)
     array = load_image(path)
     _assert_rgb(array, 2, 2)
@@ -137,7 +139,9 @@ def test_file_that_is_not_an_image_raises_data_error(tmp_path):
 
 def test_truncated_image_raises_data_error_naming_it_as_corrupt(tmp_path):
     path = tmp_path / "cut.png"
-    Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(path)
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(
+        path
+    )
     path.write_bytes(path.read_bytes()[:500])
     with pytest.raises(DataError, match=r"cut\.png: corrupt image"):
         load_image(path)

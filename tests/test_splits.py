@@ -28,8 +28,16 @@ def ann(tmp_path) -> Path:
         "licenses": [],
         "images": [{"id": i, "file_name": f"{i}.jpg", "width": 100, "height": 80} for i in ids],
         "annotations": [
-            {"id": 2 * k + j, "image_id": i, "category_id": 1 + j, "bbox": [1, 1, 10, 10], "area": 100, "iscrowd": 0}
-            for k, i in enumerate(ids) for j in (0, 1)
+            {
+                "id": 2 * k + j,
+                "image_id": i,
+                "category_id": 1 + j,
+                "bbox": [1, 1, 10, 10],
+                "area": 100,
+                "iscrowd": 0,
+            }
+            for k, i in enumerate(ids)
+            for j in (0, 1)
         ],
         "categories": [{"id": 1, "name": "a"}, {"id": 2, "name": "b"}, {"id": 3, "name": "unused"}],
     }
@@ -112,7 +120,9 @@ def test_input_is_untouched_and_no_temporary_files_remain(ann):
     split_coco(ann, 10, 1)
     assert ann.read_bytes() == before and os.stat(ann).st_mtime_ns == mtime
     assert sorted(p.name for p in ann.parent.iterdir()) == [
-        "instances_train.1@10-unlabeled.json", "instances_train.1@10.json", "instances_train.json",
+        "instances_train.1@10-unlabeled.json",
+        "instances_train.1@10.json",
+        "instances_train.json",
     ]
 
 
@@ -135,7 +145,9 @@ def test_split_command_prints_both_paths_with_counts(ann, tmp_path):
     split_cmd.register(app)
     app.command("noop")(lambda: None)  # keep `split` a named sub-command
     out = tmp_path / "out"
-    result = CliRunner().invoke(app, ["split", "--ann", str(ann), "--percent", "10", "--fold", "1", "--out", str(out)])
+    result = CliRunner().invoke(
+        app, ["split", "--ann", str(ann), "--percent", "10", "--fold", "1", "--out", str(out)]
+    )
     assert result.exit_code == 0, result.output
     n = len(_reference(N_IMAGES, 10, 1))
     text = result.output.replace("\n", "")
@@ -147,5 +159,7 @@ def test_split_command_rejects_a_bad_percent_before_reading(tmp_path):
     app = typer.Typer()
     split_cmd.register(app)
     app.command("noop")(lambda: None)
-    result = CliRunner().invoke(app, ["split", "--ann", str(tmp_path / "absent.json"), "--percent", "150", "--fold", "1"])
+    result = CliRunner().invoke(
+        app, ["split", "--ann", str(tmp_path / "absent.json"), "--percent", "150", "--fold", "1"]
+    )
     assert isinstance(result.exception, SsodkitError) and "percent" in str(result.exception)

@@ -21,7 +21,11 @@ SMALL = {"n_train": 24, "n_val": 6, "n_unlabeled": 6}
 
 
 def _files(root: Path) -> dict[str, bytes]:
-    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+    return {
+        p.relative_to(root).as_posix(): p.read_bytes()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +37,10 @@ def test_layout_has_images_and_annotations_per_split(generated):
     assert generated.exists()
     assert len(list((generated.images / "train").glob("*.png"))) == 24
     assert len(list((generated.images / "val").glob("*.png"))) == 6
-    assert json.loads(generated.unlabeled.read_text())["images"][0]["file_name"] == "unlabeled/000001.png"
+    assert (
+        json.loads(generated.unlabeled.read_text())["images"][0]["file_name"]
+        == "unlabeled/000001.png"
+    )
 
 
 def test_same_seed_gives_byte_identical_files(generated, tmp_path):
@@ -44,7 +51,9 @@ def test_same_seed_gives_byte_identical_files(generated, tmp_path):
 def test_different_seed_gives_different_data(generated, tmp_path):
     other = generate_synthetic(tmp_path / "other", seed=1, **SMALL)
     assert other.train.read_bytes() != generated.train.read_bytes()
-    assert (other.images / "train" / "000001.png").read_bytes() != (generated.images / "train" / "000001.png").read_bytes()
+    assert (other.images / "train" / "000001.png").read_bytes() != (
+        generated.images / "train" / "000001.png"
+    ).read_bytes()
 
 
 @pytest.mark.parametrize("split", ["train", "val", "unlabeled"])
@@ -59,7 +68,9 @@ def test_every_split_is_valid_coco_with_decodable_images(generated, split):
 def test_classes_are_many_and_long_tailed(generated):
     per_class = Counter()
     for split in ("train", "val", "unlabeled"):
-        per_class.update(count_objects(load_coco(getattr(generated, split), check_images="none"))[0])
+        per_class.update(
+            count_objects(load_coco(getattr(generated, split), check_images="none"))[0]
+        )
     assert len(per_class) >= 6 and min(per_class.values()) > 0
     assert max(per_class.values()) / min(per_class.values()) >= 5
 
@@ -134,7 +145,19 @@ def test_data_synth_command_prints_paths_and_counts(tmp_path):
     app = typer.Typer()
     data_cmd.register(app)
     result = CliRunner().invoke(
-        app, ["data", "synth", "--out", str(tmp_path / "s"), "--n-train", "4", "--n-val", "2", "--n-unlabeled", "2"]
+        app,
+        [
+            "data",
+            "synth",
+            "--out",
+            str(tmp_path / "s"),
+            "--n-train",
+            "4",
+            "--n-val",
+            "2",
+            "--n-unlabeled",
+            "2",
+        ],
     )
     assert result.exit_code == 0, result.output
     assert str(tmp_path / "s" / "annotations" / "train.json") in result.output.replace("\n", "")

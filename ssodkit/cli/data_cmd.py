@@ -16,16 +16,24 @@ MAX_PRINTED_DEFECTS = 50
 
 
 def synth(
-    out: Annotated[Path, typer.Option("--out", help="Folder to create (must not exist or be empty).")],
+    out: Annotated[
+        Path, typer.Option("--out", help="Folder to create (must not exist or be empty).")
+    ],
     seed: Annotated[int, typer.Option(help="Same seed, same bytes.")] = 0,
     n_train: Annotated[int, typer.Option(help="Labeled training images.")] = 1000,
     n_val: Annotated[int, typer.Option(help="Validation images.")] = 200,
-    n_unlabeled: Annotated[int, typer.Option(help="Unlabeled images (their boxes are kept as hidden GT).")] = 1000,
+    n_unlabeled: Annotated[
+        int, typer.Option(help="Unlabeled images (their boxes are kept as hidden GT).")
+    ] = 1000,
 ) -> None:
     """Generate the synthetic shapes data set (COCO JSON + PNG images)."""
-    paths = generate_synthetic(out, seed=seed, n_train=n_train, n_val=n_val, n_unlabeled=n_unlabeled)
+    paths = generate_synthetic(
+        out, seed=seed, n_train=n_train, n_val=n_val, n_unlabeled=n_unlabeled
+    )
     files = {"train": paths.train, "val": paths.val, "unlabeled": paths.unlabeled}
-    counts = {split: count_objects(load_coco(files[split], check_images="none")) for split in SPLITS}
+    counts = {
+        split: count_objects(load_coco(files[split], check_images="none")) for split in SPLITS
+    }
     table = Table(title="objects per class and size")
     table.add_column("")
     for split in SPLITS:
@@ -45,9 +53,12 @@ def synth(
 def check(
     ann: Annotated[Path, typer.Option("--ann", help="COCO instance JSON to validate.")],
     images: Annotated[
-        Path | None, typer.Option("--images", help="Image folder (default: guessed beside the JSON).")
+        Path | None,
+        typer.Option("--images", help="Image folder (default: guessed beside the JSON)."),
     ] = None,
-    decode: Annotated[bool, typer.Option("--decode", help="Decode every image, not just its header.")] = False,
+    decode: Annotated[
+        bool, typer.Option("--decode", help="Decode every image, not just its header.")
+    ] = False,
 ) -> None:
     """Validate a COCO file and its images; exit 1 if any record is invalid."""
     coco = load_coco(ann, images, skip_invalid=True, check_images="decode" if decode else "exists")
@@ -67,7 +78,9 @@ def _summary(coco: CocoDataset) -> Table:
     table.add_column(justify="right")
     table.add_row("image root", str(coco.image_root))
     table.add_row("images", f"{len(coco.images)} valid, {coco.dropped['images']} dropped")
-    table.add_row("annotations", f"{len(coco.annotations)} valid, {coco.dropped['annotations']} dropped")
+    table.add_row(
+        "annotations", f"{len(coco.annotations)} valid, {coco.dropped['annotations']} dropped"
+    )
     table.add_row("classes", str(len(coco.categories)))
     table.add_row("defects", f"[red]{len(coco.defects)}[/]" if coco.defects else "[green]0[/]")
     return table

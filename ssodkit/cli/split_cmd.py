@@ -14,18 +14,29 @@ from ssodkit.data.splits import check_split_args, split_dataset, split_paths
 
 def split(
     ann: Annotated[Path, typer.Option("--ann", help="COCO instance JSON to split.")],
-    percent: Annotated[float, typer.Option("--percent", help="Labeled share in percent, e.g. 1, 5, 10.")],
-    fold: Annotated[int, typer.Option("--fold", help="Fold ≥ 1; seeds the draw as in the literature.")],
-    out: Annotated[Path | None, typer.Option("--out", help="Output folder (default: beside --ann).")] = None,
+    percent: Annotated[
+        float, typer.Option("--percent", help="Labeled share in percent, e.g. 1, 5, 10.")
+    ],
+    fold: Annotated[
+        int, typer.Option("--fold", help="Fold ≥ 1; seeds the draw as in the literature.")
+    ],
+    out: Annotated[
+        Path | None, typer.Option("--out", help="Output folder (default: beside --ann).")
+    ] = None,
 ) -> None:
     """Write `<stem>.<fold>@<percent>.json` (labeled) and `…-unlabeled.json` (the rest)."""
     check_split_args(percent, fold)
     coco = load_coco(ann, check_images="none")
     console = Console()
-    for part, path in zip(split_dataset(coco, percent, fold), split_paths(ann, percent, fold, out)):
+    for part, path in zip(
+        split_dataset(coco, percent, fold), split_paths(ann, percent, fold, out), strict=True
+    ):
         part.save(path)
-        console.print(f"{path}: {len(part.images)} images, {len(part.annotations)} annotations",
-                      markup=False, highlight=False)
+        console.print(
+            f"{path}: {len(part.images)} images, {len(part.annotations)} annotations",
+            markup=False,
+            highlight=False,
+        )
 
 
 def register(app: typer.Typer) -> None:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import uuid
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -25,6 +24,7 @@ from pydantic import AllowInfNan, BaseModel, ConfigDict, Field, Strict, StrictIn
 
 from ssodkit.data.images import image_size, load_image
 from ssodkit.errors import DataError
+from ssodkit.io import write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +77,7 @@ class CocoResult(_Record):
 
 
 R = TypeVar("R", bound=_Record)
+Identified = TypeVar("Identified", CocoImage, CocoAnnotation, CocoCategory)
 
 
 @dataclass(frozen=True)
@@ -184,10 +185,8 @@ class CocoDataset:
         }
 
     def save(self, path: str | os.PathLike[str]) -> Path:
-        """Write `to_dict()` atomically."""
-        path = Path(path)
-        write_json_atomic(self.to_dict(), path)
-        return path
+        """Write `to_dict()` atomically (compact: COCO files are large)."""
+        return write_json_atomic(path, self.to_dict(), indent=None)
 
 
 def size_bucket(area: float) -> str:
@@ -199,25 +198,14 @@ def count_objects(coco: CocoDataset) -> tuple[Counter[str], Counter[str]]:
     """Non-crowd objects per class name and per COCO size bucket (by `area`, else w·h)."""
     per_class: Counter[str] = Counter({name: 0 for name in coco.class_names})
     per_size: Counter[str] = Counter({"small": 0, "medium": 0, "large": 0})
-    names = dict(zip(coco.cat_ids, coco.class_names))
+    names = dict(zip(coco.cat_ids, coco.class_names, strict=True))
     for ann in coco.annotations:
         if not ann.iscrowd:
             per_class[names[ann.category_id]] += 1
-            per_size[size_bucket(ann.area if ann.area is not None else ann.bbox[2] * ann.bbox[3])] += 1
+            per_size[
+                size_bucket(ann.area if ann.area is not None else ann.bbox[2] * ann.bbox[3])
+            ] += 1
     return per_class, per_size
-
-
-def write_json_atomic(obj: Any, path: Path) -> None:
-    """Write JSON through a temp file in the same folder and `os.replace`, so that readers
-    never see a half-written file and a crash leaves the old one intact."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        with open(tmp, "x", encoding="utf-8") as f:
-            json.dump(obj, f, ensure_ascii=False, separators=(",", ":"))
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 # --------------------------------------------------------------------------- reading
@@ -236,7 +224,9 @@ def read_json(path: Path) -> Any:
     try:
         return json.loads(text)
     except json.JSONDecodeError as exc:
-        raise DataError(f"{path}: not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
+        raise DataError(
+            f"{path}: not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"
+        ) from None
 
 
 def _top_level(raw: Any, path: Path, annotations_required: bool) -> dict[str, Any]:
@@ -255,7 +245,13 @@ def _top_level(raw: Any, path: Path, annotations_required: bool) -> dict[str, An
 
 
 def _json_type(value: Any) -> str:
-    names = {dict: "an object", list: "a list", str: "a string", bool: "a boolean", type(None): "null"}
+    names = {
+        dict: "an object",
+        list: "a list",
+        str: "a string",
+        bool: "a boolean",
+        type(None): "null",
+    }
     return names.get(type(value), "a number")
 
 
@@ -283,8 +279,15 @@ class _Validator:
         self.file = str(path)
         self.defects: list[Defect] = []
 
-    def add(self, message: str, *, image_id: int | None = None, ann_id: int | None = None,
-            record: str | None = None, file_name: str | None = None) -> None:
+    def add(
+        self,
+        message: str,
+        *,
+        image_id: int | None = None,
+        ann_id: int | None = None,
+        record: str | None = None,
+        file_name: str | None = None,
+    ) -> None:
         self.defects.append(Defect(self.file, image_id, ann_id, message, record, file_name))
 
     def parse(self, records: list[Any], key: str, model: type[R]) -> tuple[list[R], set[int]]:
@@ -305,7 +308,9 @@ class _Validator:
                 self._add_for(key, raw, rid, _schema_message(exc), where)
         return valid, bad_ids
 
-    def _add_for(self, key: str, raw: dict[str, Any], rid: int | None, message: str, where: str) -> None:
+    def _add_for(
+        self, key: str, raw: dict[str, Any], rid: int | None, message: str, where: str
+    ) -> None:
         if key == "images" and rid is not None:
             name = raw.get("file_name")
             self.add(message, image_id=rid, file_name=name if isinstance(name, str) else None)
@@ -325,9 +330,11 @@ class _Validator:
         return DataError("\n".join(lines))
 
 
-def _first_of_each(items: list[R], report: Callable[[R, R], None]) -> list[R]:
+def _first_of_each(
+    items: list[Identified], report: Callable[[Identified, Identified], None]
+) -> list[Identified]:
     """Keep the first record of every id; report each later one against the first."""
-    first: dict[int, R] = {}
+    first: dict[int, Identified] = {}
     for item in items:
         if item.id in first:
             report(item, first[item.id])
@@ -338,7 +345,9 @@ def _first_of_each(items: list[R], report: Callable[[R, R], None]) -> list[R]:
 
 def _check_categories(v: _Validator, raw: list[Any]) -> tuple[list[CocoCategory], set[int]]:
     cats, bad = v.parse(raw, "categories", CocoCategory)
-    cats = _first_of_each(cats, lambda c, _: v.add("duplicate category id", record=f"category {c.id}"))
+    cats = _first_of_each(
+        cats, lambda c, _: v.add("duplicate category id", record=f"category {c.id}")
+    )
     return cats, bad - {c.id for c in cats}
 
 
@@ -350,8 +359,11 @@ def _check_images(v: _Validator, raw: list[Any]) -> tuple[list[CocoImage], set[i
     seen: dict[int, CocoImage] = {}
     for img in images:
         if counts[img.id] > 1 and img.id in seen:
-            v.add(f"duplicate image id (also used by {seen[img.id].file_name})",
-                  image_id=img.id, file_name=img.file_name)
+            v.add(
+                f"duplicate image id (also used by {seen[img.id].file_name})",
+                image_id=img.id,
+                file_name=img.file_name,
+            )
         seen.setdefault(img.id, img)
     bad |= {i for i, n in counts.items() if n > 1}
     return [img for img in images if counts[img.id] == 1], bad
@@ -365,8 +377,10 @@ def _box_problem(ann: CocoAnnotation, img: CocoImage) -> str | None:
         return f"box height {h:g} ≤ 0"
     tol = BOX_TOLERANCE_PX + _EPS
     if x < -tol or y < -tol or x + w > img.width + tol or y + h > img.height + tol:
-        return (f"box [{x:g}, {y:g}, {w:g}, {h:g}] extends outside the "
-                f"{img.width}x{img.height} image (tolerance {BOX_TOLERANCE_PX:g} px)")
+        return (
+            f"box [{x:g}, {y:g}, {w:g}, {h:g}] extends outside the "
+            f"{img.width}x{img.height} image (tolerance {BOX_TOLERANCE_PX:g} px)"
+        )
     return None
 
 
@@ -422,16 +436,20 @@ def _image_problem(img: CocoImage, path: Path, decode: bool) -> str | None:
     except DataError as exc:
         return f"unreadable image: {str(exc).removeprefix(f'{path}: ')}"
     if (w, h) != (img.width, img.height):
-        return (f"size on disk is {w}x{h} (after EXIF orientation) "
-                f"but the JSON says {img.width}x{img.height}")
+        return (
+            f"size on disk is {w}x{h} (after EXIF orientation) "
+            f"but the JSON says {img.width}x{img.height}"
+        )
     return None
 
 
 def _check_files(v: _Validator, images: list[CocoImage], root: Path, mode: ImageCheck) -> set[int]:
     """Ids of images whose file is missing, unreadable or of another size."""
-    problems = _parallel(lambda img: _image_problem(img, root / img.file_name, mode == "decode"), images)
+    problems = _parallel(
+        lambda img: _image_problem(img, root / img.file_name, mode == "decode"), images
+    )
     bad = set()
-    for img, problem in zip(images, problems):
+    for img, problem in zip(images, problems, strict=True):
         if problem is not None:
             v.add(problem, image_id=img.id, file_name=img.file_name)
             bad.add(img.id)
@@ -478,9 +496,14 @@ def load_coco(
     """
     path = Path(ann_path)
     raw = read_json(path)
-    return _build(raw, path, None if image_root is None else Path(image_root),
-                  skip_invalid=skip_invalid, check_images=check_images,
-                  annotations_required=annotations_required)
+    return _build(
+        raw,
+        path,
+        None if image_root is None else Path(image_root),
+        skip_invalid=skip_invalid,
+        check_images=check_images,
+        annotations_required=annotations_required,
+    )
 
 
 def _build(
@@ -497,8 +520,9 @@ def _build(
     categories, bad_cats = _check_categories(v, raw["categories"])
     images, bad_images = _check_images(v, raw["images"])
     by_id = {img.id: img for img in images}
-    annotations = _check_annotations(v, raw.get("annotations", []), by_id, bad_images,
-                                     {c.id for c in categories}, bad_cats)
+    annotations = _check_annotations(
+        v, raw.get("annotations", []), by_id, bad_images, {c.id for c in categories}, bad_cats
+    )
     root = _resolve_image_root(path, image_root, images)
     if check_images != "none":
         if image_root is not None and not image_root.is_dir():
@@ -517,7 +541,9 @@ def _build(
     }
     if v.defects:
         counts = ", ".join(f"{k}: {n}" for k, n in dropped.items() if n)
-        log.warning("%s: dropped %s (%d defects; first: %s)", path, counts, len(v.defects), v.defects[0])
+        log.warning(
+            "%s: dropped %s (%d defects; first: %s)", path, counts, len(v.defects), v.defects[0]
+        )
     extra = {k: val for k, val in raw.items() if k not in ("images", "annotations", "categories")}
     return CocoDataset(kept_images, kept_anns, categories, path, root, dropped, v.defects, extra)
 
@@ -539,14 +565,23 @@ def load_unlabeled(
     raw = read_json(src)
     if isinstance(raw, dict):
         raw = {k: val for k, val in raw.items() if k != "annotations"}
-    return _build(raw, src, None if image_root is None else Path(image_root),
-                  skip_invalid=skip_invalid, check_images=check_images, annotations_required=False)
+    return _build(
+        raw,
+        src,
+        None if image_root is None else Path(image_root),
+        skip_invalid=skip_invalid,
+        check_images=check_images,
+        annotations_required=False,
+    )
 
 
 def _scan_folder(folder: Path, *, skip_invalid: bool) -> CocoDataset:
     files = sorted(
-        (p.relative_to(folder).as_posix() for p in folder.rglob("*")
-         if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()),
+        (
+            p.relative_to(folder).as_posix()
+            for p in folder.rglob("*")
+            if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()
+        ),
     )
     if not files:
         raise DataError(f"{folder}: no images found (looked for {', '.join(IMAGE_EXTENSIONS)})")
@@ -559,14 +594,17 @@ def _scan_folder(folder: Path, *, skip_invalid: bool) -> CocoDataset:
 
     v = _Validator(folder)
     images = []
-    for image_id, (name, size) in enumerate(zip(files, _parallel(size_or_reason, files)), start=1):
+    for image_id, (name, size) in enumerate(
+        zip(files, _parallel(size_or_reason, files), strict=True), start=1
+    ):
         if isinstance(size, str):
             v.add(f"unreadable image: {size}", image_id=image_id, file_name=name)
         else:
             images.append(CocoImage(id=image_id, file_name=name, width=size[0], height=size[1]))
     if v.defects and not skip_invalid:
         raise v.error(" (pass --skip-invalid to drop them)")
-    return CocoDataset(images, [], [], folder, folder, {"images": len(v.defects)}, v.defects)
+    dropped = {"images": len(v.defects), "annotations": 0, "categories": 0}
+    return CocoDataset(images, [], [], folder, folder, dropped, v.defects)
 
 
 def load_results(path: str | os.PathLike[str], gt: CocoDataset) -> list[dict[str, Any]]:
@@ -579,17 +617,20 @@ def load_results(path: str | os.PathLike[str], gt: CocoDataset) -> list[dict[str
     image_ids, cat_ids = set(gt.image_ids), set(gt.cat_ids)
     results = []
     for index, entry in enumerate(raw):
-        problem = _result_problem(entry, image_ids, cat_ids, gt)
-        if isinstance(problem, str):
-            v.add(problem, record=f"entry {index}")
+        checked = _check_result(entry, image_ids, cat_ids, gt)
+        if isinstance(checked, str):
+            v.add(checked, record=f"entry {index}")
         else:
-            results.append(problem.model_dump())
+            results.append(checked.model_dump())
     if v.defects:
         raise v.error("")
     return results
 
 
-def _result_problem(entry: Any, image_ids: set[int], cat_ids: set[int], gt: CocoDataset) -> CocoResult | str:
+def _check_result(
+    entry: Any, image_ids: set[int], cat_ids: set[int], gt: CocoDataset
+) -> CocoResult | str:
+    """The validated detection, or what is wrong with it."""
     if not isinstance(entry, dict):
         return f"must be an object, got {_json_type(entry)}"
     try:

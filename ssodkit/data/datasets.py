@@ -27,7 +27,11 @@ class ViewResult(Protocol):
 
 class View(Protocol):
     def __call__(
-        self, image: torch.Tensor, boxes: torch.Tensor, labels: torch.Tensor, generator: torch.Generator
+        self,
+        image: torch.Tensor,
+        boxes: torch.Tensor,
+        labels: torch.Tensor,
+        generator: torch.Generator,
     ) -> ViewResult: ...
 
 
@@ -48,7 +52,9 @@ def identity_view(
 class _CocoImages(Dataset):
     """Shared loading: image + targets of one image id, passed through the view."""
 
-    def __init__(self, coco: CocoDataset, view: View, image_ids: list[int], with_targets: bool) -> None:
+    def __init__(
+        self, coco: CocoDataset, view: View, image_ids: list[int], with_targets: bool
+    ) -> None:
         self.coco = coco
         self.view = view
         self.image_ids = image_ids
@@ -65,7 +71,10 @@ class _CocoImages(Dataset):
             boxes_np, labels_np = self.coco.training_targets(image_id)
             boxes, labels = torch.from_numpy(boxes_np), torch.from_numpy(labels_np)
         else:
-            boxes, labels = torch.zeros((0, 4), dtype=torch.float32), torch.zeros(0, dtype=torch.int64)
+            boxes, labels = (
+                torch.zeros((0, 4), dtype=torch.float32),
+                torch.zeros(0, dtype=torch.int64),
+            )
         out = self.view(image, boxes, labels, generator)
         return {
             "image": out.image,

@@ -4,7 +4,8 @@ It has what makes semi-supervised detection interesting on real data — long-ta
 objects in all three COCO size buckets, cluttered backgrounds, occlusion, colour that helps
 but does not decide the class — and stays learnable by a small detector trained from
 scratch in a few hundred iterations (crisp shapes, decent contrast). Everything is drawn
-from seeded NumPy generators, one per image, so the same seed gives byte-identical files.
+from seeded NumPy generators, one per image, so the same seed gives identical pixels and
+JSON, and byte-identical PNGs with the same Pillow/zlib build.
 """
 
 from __future__ import annotations
@@ -25,8 +26,8 @@ from PIL import Image, ImageDraw, ImageOps
 from rich.console import Console
 from rich.progress import Progress
 
-from ssodkit.data.coco import write_json_atomic
 from ssodkit.errors import DataError
+from ssodkit.io import write_json_atomic
 
 VERSION = 1
 SPLITS = ("train", "val", "unlabeled")
@@ -108,8 +109,9 @@ def _star() -> np.ndarray:
 
 def _cross(arm: float = 0.36) -> np.ndarray:
     a = arm / 2
-    return np.array([(-a, -1), (a, -1), (a, -a), (1, -a), (1, a), (a, a),
-                     (a, 1), (-a, 1), (-a, a), (-1, a), (-1, -a), (-a, -a)], dtype=float)
+    xs = [-a, a, a, 1, 1, a, a, -a, -a, -1, -1, -a]
+    ys = [-1, -1, -a, -a, a, a, 1, 1, a, a, -a, -a]
+    return np.array([xs, ys], dtype=float).T
 
 
 def _unit_shape(cls: int, rng: np.random.Generator) -> list[np.ndarray]:
@@ -159,14 +161,20 @@ def _hsv(h_deg: float, s: float, v: float) -> np.ndarray:
 def _background(rng: np.random.Generator, width: int, height: int) -> Image.Image:
     """Dim, desaturated gradient with blotchy texture: both live on a coarse grid that one
     bilinear resize turns into pixels (cheap, and smooth enough for small PNGs)."""
-    c0, c1 = (_hsv(rng.uniform(0, 360), rng.uniform(0, 0.35), rng.uniform(0.15, 0.5)) for _ in range(2))
+    c0, c1 = (
+        _hsv(rng.uniform(0, 360), rng.uniform(0, 0.35), rng.uniform(0.15, 0.5)) for _ in range(2)
+    )
     angle = rng.uniform(0, 2 * np.pi)
     cell = int(rng.integers(12, 33))
     rows, cols = height // cell + 2, width // cell + 2
     ramp = np.arange(cols)[None, :] * np.cos(angle) + np.arange(rows)[:, None] * np.sin(angle)
     ramp = (ramp - ramp.min()) / max(float(np.ptp(ramp)), 1.0)
-    coarse = c0 + ramp[..., None] * (c1 - c0) + rng.uniform(6, 16) * rng.normal(size=(rows, cols, 3))
-    img = Image.fromarray(np.clip(coarse, 0, 255).astype(np.uint8)).resize((width, height), Image.BILINEAR)
+    coarse = (
+        c0 + ramp[..., None] * (c1 - c0) + rng.uniform(6, 16) * rng.normal(size=(rows, cols, 3))
+    )
+    img = Image.fromarray(np.clip(coarse, 0, 255).astype(np.uint8)).resize(
+        (width, height), Image.Resampling.BILINEAR
+    )
     return ImageOps.posterize(img, 6)  # coarse levels keep the PNGs small
 
 
@@ -175,7 +183,9 @@ def _clutter(img: Image.Image, rng: np.random.Generator) -> np.ndarray:
     width, height = img.size
     draw = ImageDraw.Draw(img)
     for _ in range(int(rng.integers(3, 9))):
-        colour = tuple(int(c) for c in _hsv(rng.uniform(0, 360), rng.uniform(0, 0.3), rng.uniform(0.2, 0.7)))
+        colour = tuple(
+            int(c) for c in _hsv(rng.uniform(0, 360), rng.uniform(0, 0.3), rng.uniform(0.2, 0.7))
+        )
         if rng.random() < 0.5:
             pts = rng.uniform([0, 0], [width, height], size=(int(rng.integers(2, 5)), 2))
             draw.line([tuple(p) for p in pts], fill=colour, width=int(rng.integers(1, 5)))
@@ -212,7 +222,10 @@ def _hides_too_much(new: np.ndarray, placed: list[tuple[np.ndarray, np.ndarray]]
 
 
 def _place(
-    obj: _Object, rng: np.random.Generator, width: int, height: int,
+    obj: _Object,
+    rng: np.random.Generator,
+    width: int,
+    height: int,
     placed: list[tuple[np.ndarray, np.ndarray]],
 ) -> np.ndarray | None:
     """Mask of the object at a random position fully inside the image, or None if every
@@ -278,13 +291,17 @@ def _plan_split(seed: int, split: int, n_images: int) -> list[list[_Object]]:
     rng = np.random.default_rng([seed, split])
     per_image = rng.integers(OBJECTS_PER_IMAGE[0], OBJECTS_PER_IMAGE[1] + 1, size=n_images)
     total = int(per_image.sum())
-    classes = rng.permutation(np.repeat(np.arange(len(CLASSES)), _quota(total, [c[1] for c in CLASSES])))
-    buckets = rng.permutation(np.repeat(np.arange(len(SIZE_BUCKETS)), _quota(total, [b[1] for b in SIZE_BUCKETS])))
+    classes = rng.permutation(
+        np.repeat(np.arange(len(CLASSES)), _quota(total, [c[1] for c in CLASSES]))
+    )
+    buckets = rng.permutation(
+        np.repeat(np.arange(len(SIZE_BUCKETS)), _quota(total, [b[1] for b in SIZE_BUCKETS]))
+    )
     low, high = (np.array([SIZE_BUCKETS[b][2][k] for b in buckets], dtype=float) for k in (0, 1))
     areas = np.exp(rng.uniform(np.log(low), np.log(high)))
-    objects = [_Object(int(c), float(a)) for c, a in zip(classes, areas)]
+    objects = [_Object(int(c), float(a)) for c, a in zip(classes, areas, strict=True)]
     starts = np.concatenate([[0], np.cumsum(per_image)])
-    return [objects[starts[i]: starts[i + 1]] for i in range(n_images)]
+    return [objects[starts[i] : starts[i + 1]] for i in range(n_images)]
 
 
 def _write_split(
@@ -298,24 +315,46 @@ def _write_split(
         file_name = f"{name}/{index + 1:06d}.png"
         Image.fromarray(pixels).save(root / "images" / file_name, compress_level=PNG_COMPRESS_LEVEL)
         advance()
-        image = {"id": index + 1, "file_name": file_name, "width": pixels.shape[1], "height": pixels.shape[0]}
+        image = {
+            "id": index + 1,
+            "file_name": file_name,
+            "width": pixels.shape[1],
+            "height": pixels.shape[0],
+        }
         return image, found
 
     plan = _plan_split(seed, split, n_images)
-    with ThreadPoolExecutor(max_workers=max(2, os.cpu_count() or 1)) as pool:  # PIL/NumPy drop the GIL
+    # Threads, not processes: PNG encoding and NumPy release the GIL, and results keep order.
+    with ThreadPoolExecutor(max_workers=max(2, os.cpu_count() or 1)) as pool:
         rendered = list(pool.map(make, range(n_images)))
-    images, annotations = [], []
+    images: list[dict[str, Any]] = []
+    annotations: list[dict[str, Any]] = []
     for image, found in rendered:
         images.append(image)
         for cls, bbox, area in found:
-            annotations.append({"id": len(annotations) + 1, "image_id": image["id"], "category_id": cls + 1,
-                                "bbox": bbox, "area": area, "iscrowd": 0})
+            annotations.append(
+                {
+                    "id": len(annotations) + 1,
+                    "image_id": image["id"],
+                    "category_id": cls + 1,
+                    "bbox": bbox,
+                    "area": area,
+                    "iscrowd": 0,
+                }
+            )
     return {
-        "info": {"description": "ssodkit synthetic shapes", "version": VERSION, "seed": seed, "split": name},
+        "info": {
+            "description": "ssodkit synthetic shapes",
+            "version": VERSION,
+            "seed": seed,
+            "split": name,
+        },
         "licenses": [],
         "images": images,
         "annotations": annotations,
-        "categories": [{"id": i + 1, "name": c[0], "supercategory": "shape"} for i, c in enumerate(CLASSES)],
+        "categories": [
+            {"id": i + 1, "name": c[0], "supercategory": "shape"} for i, c in enumerate(CLASSES)
+        ],
     }
 
 
@@ -325,7 +364,7 @@ def _generate_into(tmp: Path, seed: int, sizes: tuple[int, int, int]) -> None:
         task = progress.add_task("generating synthetic shapes", total=sum(sizes))
         for split, n_images in enumerate(sizes):
             coco = _write_split(tmp, seed, split, n_images, lambda: progress.advance(task))
-            write_json_atomic(coco, tmp / "annotations" / f"{SPLITS[split]}.json")
+            write_json_atomic(tmp / "annotations" / f"{SPLITS[split]}.json", coco, indent=None)
 
 
 def generate_synthetic(
@@ -344,7 +383,9 @@ def generate_synthetic(
     out = Path(out_dir)
     sizes = (n_train, n_val, n_unlabeled)
     if min(sizes) < 0:
-        raise DataError(f"image counts must be ≥ 0, got train={n_train} val={n_val} unlabeled={n_unlabeled}")
+        raise DataError(
+            f"image counts must be ≥ 0, got train={n_train} val={n_val} unlabeled={n_unlabeled}"
+        )
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise DataError(f"{out}: exists and is not an empty folder")
     if not _build_and_rename(out, seed, sizes):
@@ -380,7 +421,9 @@ def default_cache_dir() -> Path:
     return Path(user_cache_dir("ssodkit"))
 
 
-def ensure_synthetic(cache_dir: str | os.PathLike[str] | None = None, seed: int = 0) -> SyntheticPaths:
+def ensure_synthetic(
+    cache_dir: str | os.PathLike[str] | None = None, seed: int = 0
+) -> SyntheticPaths:
     """The default-size data set for `seed`, generated on first use and reused afterwards.
 
     Concurrent callers may both generate; the first rename wins and the others discard

@@ -45,6 +45,7 @@ def softmax_focal_loss(logits: Tensor, labels: Tensor, gamma: float = FOCAL_GAMM
 
 class FasterRCNNDetector(DetectorBase):
     name = "faster_rcnn"
+    default_pseudo_thr = 0.7  # softmax (cross-entropy) scores
 
     def __init__(self, num_classes: int, cfg: DetectorConfig) -> None:
         backbone = TimmFPN(

@@ -143,6 +143,7 @@ class RetinaNetDetector(OneStageDetector):
 
     name = "retinanet"
     default_nms_thresh = 0.5
+    default_pseudo_thr = 0.4  # focal-loss scores run lower than softmax ones
 
     def __init__(self, num_classes: int, cfg: DetectorConfig) -> None:
         base = cfg.anchor_size or 32
@@ -209,6 +210,7 @@ class FCOSDetector(OneStageDetector):
 
     name = "fcos"
     default_nms_thresh = 0.6
+    default_pseudo_thr = 0.3  # score = sqrt(cls · centerness) runs lower still
     center_sampling_radius = 1.5
 
     def __init__(self, num_classes: int, cfg: DetectorConfig) -> None:

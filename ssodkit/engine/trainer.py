@@ -31,7 +31,6 @@ from ssodkit.engine.distributed import (
     init_distributed,
     shutdown_distributed,
 )
-from ssodkit.engine.ema import EMA
 from ssodkit.engine.metrics import MetricsLog
 from ssodkit.engine.predict import autocast_context, evaluate_model
 from ssodkit.engine.progress import TrainProgress
@@ -77,6 +76,24 @@ def build_optimizer(model: nn.Module, cfg: RunConfig) -> torch.optim.Optimizer:
     return torch.optim.SGD(groups, lr=cfg.optim.lr, momentum=cfg.optim.momentum)
 
 
+class MethodStep(nn.Module):
+    """One training step as a module, so that DDP sees exactly one forward per iteration.
+
+    A method may call the student several times (labeled, unlabeled, mixed views) and skip
+    calls on some ranks; wrapping the whole step keeps DDP's bookkeeping (one forward, one
+    backward, unused-parameter search over all the step's outputs) correct.
+    """
+
+    def __init__(self, student: nn.Module, method: Method, teacher: nn.Module | None) -> None:
+        super().__init__()
+        self.student = student
+        self.method = method
+        self._teacher = [teacher]  # a list, so the teacher is not a submodule DDP would sync
+
+    def forward(self, labeled: Any, unlabeled: Any, iteration: int) -> dict[str, Tensor]:
+        return self.method.step(ModelHandle(self.student), self._teacher[0], labeled, unlabeled, iteration)
+
+
 class Trainer:
     def __init__(self, cfg: RunConfig, *, resume: Path | None = None, console: Console | None = None) -> None:
         self.console = console or Console(stderr=True)
@@ -97,26 +114,25 @@ class Trainer:
 
         self.model = build_model(cfg, len(self.classes)).to(self.device)
         check_capabilities(cfg.detector.name, self.model.capabilities, cfg.method.name, self.method_cls.requires)
-        self.method = self.method_cls.from_config(cfg, len(self.classes))
+        self.method = self.method_cls.from_config(cfg, self.classes)
+        self.method.check_detector(self.model)
         self.teacher: nn.Module | None = None
-        self.ema: EMA | None = None
         if self.method_cls.uses_teacher:
             self.teacher = copy.deepcopy(self.model).eval().requires_grad_(False)
-            self.ema = self.method.make_ema() if hasattr(self.method, "make_ema") else EMA()
         self.optimizer = build_optimizer(self.model, cfg)
         self.scheduler = build_scheduler(self.optimizer, cfg.schedule)
         self.scaler = torch.amp.GradScaler(
             self.device.type, enabled=self.amp_dtype == torch.float16
         )
-        self.ddp = (
+        step_module = MethodStep(self.model, self.method, self.teacher)
+        self.step_module: nn.Module = (
             DistributedDataParallel(
-                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                step_module, device_ids=[self.device.index] if self.device.type == "cuda" else None,
                 find_unused_parameters=True,
             )
             if self.dist.enabled
-            else None
+            else step_module
         )
-        self.student = ModelHandle(self.model, self.ddp)
         self.iteration = 0
         self.skipped_steps = 0
         self.best: float | None = None
@@ -181,7 +197,7 @@ class Trainer:
         labeled, unlabeled = self.data.to_device(batch, self.device)
         self.model.train()
         with autocast_context(self.device, self.amp_dtype):
-            losses = self.method.step(self.student, self.teacher, labeled, unlabeled, self.iteration)
+            losses = self.step_module(labeled, unlabeled, self.iteration)
         total: Tensor = sum(losses.values(), torch.zeros((), device=self.device))
         self.optimizer.zero_grad(set_to_none=True)
         if any_rank(not bool(torch.isfinite(total)), self.dist, self.device):
@@ -200,10 +216,11 @@ class Trainer:
             return None
         self.scaler.step(self.optimizer)
         self.scaler.update()
-        if self.teacher is not None and self.ema is not None:
-            self.ema.update(self.teacher, self.model, self.iteration)
+        if self.teacher is not None:
+            self.method.update_teacher(self.teacher, self.model, self.iteration)
         out = {k: float(v.detach()) for k, v in losses.items()}
         out["loss"] = float(total.detach())
+        out.update(self.method.stats)
         return out
 
     # ------------------------------------------------------------------ evaluation
@@ -240,7 +257,7 @@ class Trainer:
         primary = results.get("teacher", results.get("student"))
         score = primary.map if primary is not None and primary.map is not None else -1.0
         parts = [f"{role} mAP {100 * (r.map or 0):.1f}" for role, r in results.items()]
-        self._progress.print(f"[iter {self.iteration}] eval: " + ", ".join(parts))
+        self._progress.print(f"iter {self.iteration} eval: " + ", ".join(parts))
         if self.best is None or score > self.best:
             self.best = score
             return True

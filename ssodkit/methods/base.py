@@ -35,11 +35,11 @@ class ViewBatch:
 
 
 class ModelHandle:
-    """Calls a detector through its (possibly DDP-wrapped) forward, so DDP sees each call."""
+    """The student as a method sees it: the protocol's calls, routed through `forward`."""
 
-    def __init__(self, module: nn.Module, wrapped: nn.Module | None = None) -> None:
+    def __init__(self, module: nn.Module) -> None:
         self.module = module
-        self._forward = wrapped if wrapped is not None else module
+        self._forward = module
 
     def __call__(self, mode: str, *args: Any, **kwargs: Any) -> Any:
         return self._forward(mode, *args, **kwargs)
@@ -64,20 +64,28 @@ class Method:
     unlabeled_views: ClassVar[tuple[str, ...]] = ()  # view pipelines each unlabeled image gets
     Params: ClassVar[type[BaseModel]] = NoParams
 
-    def __init__(self, params: BaseModel, cfg: RunConfig, num_classes: int) -> None:
+    def __init__(self, params: BaseModel, cfg: RunConfig, class_names: list[str]) -> None:
         self.params = params
         self.cfg = cfg
-        self.num_classes = num_classes
+        self.class_names = list(class_names)
+        self.num_classes = len(class_names)
+        self.stats: dict[str, float] = {}  # diagnostics of the last step (logged, not optimised)
 
     @classmethod
-    def from_config(cls, cfg: RunConfig, num_classes: int) -> Method:
+    def from_config(cls, cfg: RunConfig, class_names: list[str]) -> Method:
         from ssodkit.config import format_validation_error
 
         try:
             params = cls.Params.model_validate(cfg.method.params)
         except ValidationError as exc:
             raise ConfigError(format_validation_error(exc, cls.Params, prefix="method.")) from None
-        return cls(params, cfg, num_classes)
+        return cls(params, cfg, class_names)
+
+    def check_detector(self, detector: nn.Module) -> None:
+        """Refuse a detector that cannot serve this method (beyond capabilities), at start-up."""
+
+    def update_teacher(self, teacher: nn.Module, student: nn.Module, it: int) -> None:
+        """Called after each optimiser step when `uses_teacher` (Mean Teacher: EMA)."""
 
     def step(
         self,

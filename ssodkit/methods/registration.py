@@ -7,6 +7,10 @@ from ssodkit.plugins.hookspecs import Register, hookimpl
 
 @hookimpl
 def register_methods(register: Register) -> None:
+    from ssodkit.methods.mean_teacher import MeanTeacher
     from ssodkit.methods.supervised import Supervised
+    from ssodkit.methods.unbiased_teacher import UnbiasedTeacher
 
     register("supervised", Supervised)
+    register("mean_teacher", MeanTeacher)
+    register("unbiased_teacher", UnbiasedTeacher)

@@ -7,4 +7,7 @@ from ssodkit.plugins.hookspecs import Register, hookimpl
 
 @hookimpl
 def register_filters(register: Register) -> None:
-    """No filters yet: the teacher-student engine adds them."""
+    from ssodkit.pseudo.filters import empty_image_filter, score_filter
+
+    register("score", score_filter)
+    register("empty_image", empty_image_filter)
