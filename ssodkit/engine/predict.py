@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from rich.progress import Progress
 from torch import Tensor, nn
-from torch.utils.data import DataLoader, Subset
+from torch.utils.data import DataLoader, Dataset, Subset
 
 from ssodkit.detectors.protocol import Detections
 from ssodkit.engine.distributed import DistInfo, all_gather_objects
+from ssodkit.errors import DataError
 from ssodkit.evaluation.coco_eval import EvalResult, detections_to_results, evaluate_coco
 from ssodkit.views.geometry import identity_matrix, project_boxes
 
@@ -37,6 +39,30 @@ def autocast_context(device: torch.device, amp_dtype: torch.dtype | None) -> con
     return torch.autocast(device_type=device.type, dtype=amp_dtype)
 
 
+@dataclass(frozen=True)
+class _Failed:
+    """Stands in for a sample whose image could not be loaded (picklable for workers)."""
+
+    index: int
+    error: Exception
+
+
+class _Guarded(Dataset):
+    """`dataset[i]`, or a `_Failed` marker where loading raises `DataError`."""
+
+    def __init__(self, dataset: Any) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> Any:
+        try:
+            return self.dataset[index]
+        except DataError as exc:
+            return _Failed(index, exc)
+
+
 @torch.no_grad()
 def iter_predictions(
     model: nn.Module,
@@ -51,10 +77,15 @@ def iter_predictions(
     progress: bool = False,
     on_error: Callable[[int, Exception], None] | None = None,
 ) -> Iterator[tuple[dict[str, Any], Detections]]:
-    """Yield (sample, detections in original pixels) for this rank's share of the data set."""
+    """Yield (sample, detections in original pixels) for this rank's share of the data set.
+
+    Without `on_error` a sample that fails to load (`DataError`: missing or corrupt image)
+    aborts the iteration. With it, the sample is skipped: `on_error(index, error)` is called
+    with its index into `dataset`, and the rest of its batch still goes to the model.
+    """
     indices = list(range(len(dataset))) if indices is None else indices
     mine = indices[dist.rank :: dist.world_size]
-    subset = Subset(dataset, mine)
+    subset = Subset(_Guarded(dataset) if on_error is not None else dataset, mine)
     loader = DataLoader(subset, batch_size=batch_size, num_workers=num_workers, collate_fn=list)
     was_training = model.training
     model.eval()
@@ -64,10 +95,17 @@ def iter_predictions(
         if bar:
             bar.start()
         for batch in loader:
-            with autocast_context(device, amp_dtype):
-                detections = model("predict", to_model_images([s["image"] for s in batch], device))
-            for sample, det in zip(batch, detections):
-                yield sample, to_original(det, sample["matrix"], tuple(sample["orig_size"]))
+            good = []
+            for sample in batch:
+                if isinstance(sample, _Failed):
+                    on_error(sample.index, sample.error)  # type: ignore[misc]  # only _Guarded makes them
+                else:
+                    good.append(sample)
+            if good:
+                with autocast_context(device, amp_dtype):
+                    detections = model("predict", to_model_images([s["image"] for s in good], device))
+                for sample, det in zip(good, detections):
+                    yield sample, to_original(det, sample["matrix"], tuple(sample["orig_size"]))
             if bar:
                 bar.advance(task, len(batch))
     finally:

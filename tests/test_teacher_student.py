@@ -1,0 +1,155 @@
+"""Teacher-student engine: EMA, projection, the empty-image rule, Unbiased Teacher, resume."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from ssodkit.data.sampler import InfiniteBatchSampler
+from ssodkit.detectors import DetectorConfig, build_detector
+from ssodkit.detectors.protocol import Detections
+from ssodkit.engine.ema import EMA
+from ssodkit.methods.base import ModelHandle, ViewBatch
+from ssodkit.methods.mean_teacher import MeanTeacher
+from ssodkit.methods.unbiased_teacher import UnbiasedTeacher
+from ssodkit.pseudo.filters import EmptyImageRule, ScoreThreshold
+from ssodkit.pseudo.labels import PseudoLabels, project_detections
+from ssodkit.views.geometry import hflip_matrix, identity_matrix, resize_matrix
+
+
+def test_ema_moves_every_parameter_exactly_by_m():
+    torch.manual_seed(0)
+    student = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.BatchNorm1d(3))
+    teacher = copy.deepcopy(student)
+    with torch.no_grad():
+        for p in student.parameters():
+            p.add_(torch.randn_like(p))
+    before = [p.clone() for p in teacher.parameters()]
+    m = EMA(momentum=0.25).update(teacher, student, iteration=7)
+    assert m == 0.25
+    for t, s, b in zip(teacher.parameters(), student.parameters(), before):
+        assert torch.allclose(t, b + 0.25 * (s - b), atol=1e-7)
+
+
+def test_ema_schedule_follows_gamma_over_gamma_plus_t_with_a_floor():
+    ema = EMA(gamma=4.0, min_momentum=2e-4)
+    assert ema.momentum_at(0) == 1.0  # teacher = student after the first step
+    assert ema.momentum_at(4) == pytest.approx(0.5)
+    assert ema.momentum_at(10**7) == 2e-4
+
+
+def test_projection_follows_flip_and_resize_and_drops_erased_boxes():
+    det = Detections(torch.tensor([[10.0, 10, 30, 30], [50, 50, 90, 80]]), torch.tensor([0.9, 0.8]),
+                     torch.tensor([0, 1]), torch.rand(2, 2))
+    m_weak = identity_matrix()
+    m_strong = hflip_matrix(200) @ resize_matrix(2.0, 2.0)  # resize ×2, then flip a 200 px wide image
+    erased = torch.tensor([[20.0, 100, 80, 170]])  # covers the second box (strong coords) fully
+    out = project_detections(det, m_weak, m_strong, (200, 200), erased)
+    assert len(out) == 1
+    assert torch.allclose(out.boxes[0], torch.tensor([140.0, 20, 180, 60]))
+    assert out.labels.tolist() == [0] and out.scores.tolist() == [pytest.approx(0.9)]
+
+
+def test_filters_keep_scores_above_tau_and_zero_empty_images():
+    dets = [
+        Detections(torch.tensor([[0.0, 0, 5, 5], [1, 1, 6, 6]]), torch.tensor([0.9, 0.2]), torch.tensor([0, 1])),
+        Detections(torch.tensor([[0.0, 0, 5, 5]]), torch.tensor([0.25]), torch.tensor([1])),
+    ]
+    pseudo = ScoreThreshold(0.3, {1: 0.1}, num_classes=2)(PseudoLabels.from_detections(dets))
+    assert pseudo.counts == [2, 1]  # class 1 has its own, lower threshold
+    strict = EmptyImageRule()(ScoreThreshold(0.5, num_classes=2)(PseudoLabels.from_detections(dets)))
+    assert strict.counts == [1, 0] and strict.weights.tolist() == [1.0, 0.0]
+
+
+def _view_batch(images, targets=None):
+    n = len(images)
+    targets = targets or [{"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.long)}] * n
+    return ViewBatch(images, targets, [identity_matrix()] * n, list(range(n)), [{} for _ in range(n)])
+
+
+def _method(cls, tiny_config, name, **params):
+    cfg = tiny_config(method__name=name, **{f"method__{k}": v for k, v in params.items()})
+    method = cls.from_config(cfg, ["a", "b", "c"])
+    detector = build_detector(DetectorConfig(name="fcos", backbone="resnet18", fpn_channels=64, head_convs=1), 3)
+    method.check_detector(detector)
+    return method, detector
+
+
+def test_image_without_pseudo_box_above_tau_adds_exactly_zero_unsup_loss(tiny_config):
+    method, student = _method(MeanTeacher, tiny_config, "mean_teacher", score_thr=1.0)
+    teacher = copy.deepcopy(student).eval()
+    images = [torch.rand(3, 96, 96), torch.rand(3, 96, 96)]
+    labeled = _view_batch(images[:1], [{"boxes": torch.tensor([[10.0, 10, 50, 50]]), "labels": torch.tensor([1])}])
+    unlabeled = {"weak": _view_batch(images), "strong": _view_batch(images)}
+    losses = method.step(ModelHandle(student), teacher, labeled, unlabeled, it=5)
+    assert not any(k.startswith("unsup") for k in losses)  # τ = 1: no box survives
+    assert method.stats["pseudo_per_image"] == 0 and method.stats["pseudo_empty_frac"] == 1.0
+
+    # with τ = 0 the teacher's boxes become targets and the unsupervised loss appears
+    method, student = _method(MeanTeacher, tiny_config, "mean_teacher", score_thr=0.0)
+    losses = method.step(ModelHandle(student), copy.deepcopy(student).eval(), labeled, unlabeled, it=5)
+    assert {"unsup_loss_cls", "unsup_loss_box", "unsup_loss_ctr"} <= set(losses)
+
+
+def test_unbiased_teacher_unsup_loss_has_no_regression_term(tiny_config):
+    method, student = _method(UnbiasedTeacher, tiny_config, "unbiased_teacher", score_thr=0.0, burn_in=0)
+    images = [torch.rand(3, 96, 96)]
+    labeled = _view_batch(images, [{"boxes": torch.tensor([[10.0, 10, 50, 50]]), "labels": torch.tensor([1])}])
+    losses = method.step(ModelHandle(student), copy.deepcopy(student).eval(),
+                         labeled, {"weak": _view_batch(images), "strong": _view_batch(images)}, it=0)
+    unsup = {k for k in losses if k.startswith("unsup")}
+    assert unsup == {"unsup_loss_cls"}
+    assert {"sup_loss_box", "sup_loss_ctr"} <= set(losses)  # labeled data still regresses
+
+
+def test_unbiased_teacher_burn_in_is_supervised_and_teacher_copies_student(tiny_config):
+    method, student = _method(UnbiasedTeacher, tiny_config, "unbiased_teacher", burn_in=10)
+    teacher = copy.deepcopy(student)
+    with torch.no_grad():
+        for p in student.parameters():
+            p.add_(1.0)
+    images = [torch.rand(3, 96, 96)]
+    labeled = _view_batch(images, [{"boxes": torch.tensor([[10.0, 10, 50, 50]]), "labels": torch.tensor([1])}])
+    losses = method.step(ModelHandle(student), teacher, labeled, {"weak": _view_batch(images), "strong": _view_batch(images)}, it=3)
+    assert all(k.startswith("sup") for k in losses)
+    method.update_teacher(teacher, student, it=3)
+    for t, s in zip(teacher.state_dict().values(), student.state_dict().values()):
+        assert torch.equal(t, s)
+
+
+def test_sampler_keeps_the_ratio_and_is_deterministic_by_seed():
+    labeled = InfiniteBatchSampler(10, 2, seed=1)
+    unlabeled = InfiniteBatchSampler(50, 8, seed=2)
+    first = [(next(a), next(b)) for a, b in [(iter(labeled), iter(unlabeled))] for _ in range(5)]
+    again = [(next(a), next(b)) for a, b in [(iter(InfiniteBatchSampler(10, 2, seed=1)), iter(InfiniteBatchSampler(50, 8, seed=2)))] for _ in range(5)]
+    assert first == again
+    assert all(len(lab) == 2 and len(unl) == 8 for lab, unl in first)
+    other = [next(it) for it in [iter(InfiniteBatchSampler(10, 2, seed=3))] for _ in range(5)]
+    assert other != [lab for lab, _ in first]
+    # DDP: ranks read disjoint slices of each epoch
+    r0 = {i for b in [next(it) for it in [iter(InfiniteBatchSampler(10, 5, seed=1, rank=0, world_size=2))]] for i, _ in b}
+    r1 = {i for b in [next(it) for it in [iter(InfiniteBatchSampler(10, 5, seed=1, rank=1, world_size=2))]] for i, _ in b}
+    assert r0.isdisjoint(r1) and len(r0 | r1) == 10
+
+
+def test_mean_teacher_trains_and_resume_restores_the_teacher_exactly(tiny_config):
+    from tests.test_trainer import StopAfter, train
+
+    overrides = dict(method__name="mean_teacher", train__unlabeled_batch_size=2, schedule__iters=5, method__score_thr=0.05)
+    straight, summary = train(tiny_config(output__name="mt", **overrides))
+    assert summary.status == "finished"
+    interrupted = StopAfter(tiny_config(output__name="mt_stop", **overrides))
+    try:
+        first = interrupted.run()
+    finally:
+        interrupted.close()
+    resumed, _ = train(tiny_config(output__name="mt_stop", **overrides), resume=first.run_dir)
+    for (name, a), b in zip(straight.teacher.state_dict().items(), resumed.teacher.state_dict().values()):
+        assert torch.equal(a, b), name
+    assert set(summary.final) == {"student", "teacher"}  # eval reports both
+    from ssodkit.engine.metrics import read_metrics
+
+    logged = [r for r in read_metrics(summary.run_dir / "metrics.jsonl") if r["type"] == "train"]
+    assert any("unsup_loss_cls" in r for r in logged) and "pseudo_per_image" in logged[-1]
