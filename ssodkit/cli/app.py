@@ -12,7 +12,9 @@ import typer
 
 from ssodkit.errors import SsodkitError
 
-BUILTIN_COMMAND_MODULES = ("train_cmd", "evaluate_cmd", "split_cmd", "data_cmd", "plugins_cmd")
+BUILTIN_COMMAND_MODULES = (
+    "train_cmd", "evaluate_cmd", "split_cmd", "data_cmd", "plugins_cmd", "pseudolabel_cmd",
+)
 
 
 def build_app() -> typer.Typer:

@@ -14,7 +14,9 @@ class DetectorConfig(BaseModel):
     backbone: str = Field("resnet18", description="any timm model that supports features_only")
     pretrained: bool = Field(False, description="load ImageNet weights for the backbone (downloads)")
     fpn_channels: int = Field(128, gt=0, description="FPN width (256 in the COCO recipes)")
-    head_convs: int = Field(4, ge=1, le=8, description="conv layers per one-stage head branch")
+    head_convs: int = Field(
+        2, ge=1, le=8, description="conv layers per one-stage head branch (4 in the COCO recipes)"
+    )
     anchor_size: int | None = Field(
         None, gt=0, description="anchor size at the finest level; None = detector default"
     )

@@ -1,7 +1,7 @@
 """Settings for the built-in view pipelines.
 
-Defaults are sized for the small synthetic set (images of roughly 256–320 px); recipes for
-COCO scale them up (mmdet uses short sides 400–1200 with the long side capped at 1333).
+Defaults are sized for a CPU run on the small synthetic set (images of roughly 256–320 px,
+trained at ~190 px); recipes for COCO scale them up (mmdet uses short sides 400–1200 with the long side capped at 1333).
 """
 
 from __future__ import annotations
@@ -25,10 +25,10 @@ class ViewConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     train_short_side: tuple[int, int] = Field(
-        (224, 288), description="short side (px) drawn uniformly for training views"
+        (176, 208), description="short side (px) drawn uniformly for training views"
     )
     max_size: int = Field(512, gt=0, description="cap on the long side (px)")
-    eval_short_side: int = Field(256, gt=0, description="short side (px) of the eval view")
+    eval_short_side: int = Field(192, gt=0, description="short side (px) of the eval view")
     flip_prob: float = Field(0.5, ge=0.0, le=1.0, description="horizontal flip probability")
     color_jitter: float = Field(
         0.2, ge=0.0, le=1.0,

@@ -1,0 +1,26 @@
+"""Every shipped recipe validates: config fields, method parameters, detector name."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from ssodkit.config import build_config
+from ssodkit.plugins import get_registry
+
+RECIPES = sorted(p for p in (Path(__file__).parents[1] / "recipes").rglob("*.yaml") if "_base_" not in p.parts)
+
+
+def test_there_are_recipes_for_both_settings():
+    assert {p.parent.name for p in RECIPES} >= {"synthetic", "coco10"}
+
+
+@pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: f"{p.parent.name}/{p.stem}")
+def test_recipe_validates(recipe):
+    cfg = build_config(recipe)
+    registry = get_registry()
+    method_cls = registry.get("methods", cfg.method.name)
+    method_cls.from_config(cfg, ["a", "b"])
+    assert cfg.detector.name in registry.names("detectors")
+    assert recipe.stem == f"{cfg.method.name}_{cfg.detector.name}"
