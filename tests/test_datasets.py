@@ -59,7 +59,9 @@ def _assert_sample(sample: dict, image_id: int, height: int, width: int) -> None
         "matrix",
         "orig_size",
         "file_name",
+        "erased",
     }
+    assert sample["erased"].shape[1] == 4
     assert sample["image"].dtype == torch.uint8 and sample["image"].shape == (3, height, width)
     assert sample["boxes"].dtype == torch.float32 and sample["boxes"].shape[1] == 4
     assert sample["labels"].dtype == torch.int64 and len(sample["labels"]) == len(sample["boxes"])

@@ -84,6 +84,8 @@ class _CocoImages(Dataset):
             "matrix": out.matrix,
             "orig_size": (pixels.shape[0], pixels.shape[1]),
             "file_name": self.coco.image(image_id).file_name,
+            # rectangles random erasing blanked (in view pixels): pseudo boxes under them go
+            "erased": getattr(out, "erased", torch.zeros((0, 4), dtype=torch.float32)),
         }
 
 
