@@ -4,15 +4,25 @@ The RPN and RoI losses are written out (following torchvision's definitions: bal
 sampling, smooth-L1 with beta 1/9) so that they take per-image weights and, for Unbiased
 Teacher, a softmax focal loss for RoI classification. torchvision's class 0 is background;
 ssodkit's labels 0..K-1 are shifted by one on the way in and out.
+
+The `TwoStage` capability (Soft Teacher, PseCo) is the pipeline cut at its seams, so a
+method can reuse one feature pass for several jobs: `features` → `rpn_forward` / `rpn_loss`
+/ `proposals` → `sample_rois` → `roi_losses` (per-RoI weights), plus the teacher-side
+`detect`, `roi_cls_probs` and `refine_boxes` on boxes of the caller's choosing. RoI labels
+returned by `sample_rois` and columns of `roi_cls_probs` use the head's convention:
+0 = background, k+1 = ssodkit class k.
 """
 
 from __future__ import annotations
+
+from collections import OrderedDict
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
+from torchvision.models.detection.image_list import ImageList
 from torchvision.models.detection.roi_heads import RoIHeads
 from torchvision.models.detection.rpn import (
     RegionProposalNetwork,
@@ -30,7 +40,7 @@ from ssodkit.detectors.base import (
     validate_targets,
 )
 from ssodkit.detectors.config import DetectorConfig
-from ssodkit.detectors.protocol import Detections, Target
+from ssodkit.detectors.protocol import TWO_STAGE, Detections, Target
 
 TWO_STAGE_STRIDES = (4, 8, 16, 32)  # P2-P5, plus a max-pooled P6 for the RPN
 FOCAL_GAMMA = 1.5  # Unbiased Teacher's official value
@@ -46,6 +56,13 @@ def softmax_focal_loss(logits: Tensor, labels: Tensor, gamma: float = FOCAL_GAMM
 class FasterRCNNDetector(DetectorBase):
     name = "faster_rcnn"
     default_pseudo_thr = 0.7  # softmax (cross-entropy) scores
+    capabilities = frozenset({TWO_STAGE})
+    # Every TwoStage call is a mode, so a method reaching the student through
+    # `ModelHandle` stays inside the one forward DDP sees.
+    forward_modes = (
+        "loss", "predict", "features", "rpn_forward", "rpn_loss", "proposals", "detect",
+        "sample_rois", "roi_losses", "roi_cls_probs", "refine_boxes",
+    )
 
     def __init__(self, num_classes: int, cfg: DetectorConfig) -> None:
         backbone = TimmFPN(
@@ -75,7 +92,8 @@ class FasterRCNNDetector(DetectorBase):
             detections_per_img=cfg.detections_per_img,
         )
 
-    def batch_with_names(self, images: list[Tensor]):
+    def features(self, images: list[Tensor]) -> tuple[ImageList, OrderedDict[str, Tensor]]:
+        """Normalised, padded batch and its named FPN levels (what the RPN and RoI pooling take)."""
         image_list, _ = self.transform(images, None)
         return image_list, self.backbone(image_list.tensors)
 
@@ -95,11 +113,17 @@ class FasterRCNNDetector(DetectorBase):
         boxes, _ = self.rpn.filter_proposals(proposals, objectness, image_list.image_sizes, per_level)
         return objectness, deltas, anchors, boxes
 
+    def proposals(self, image_list: ImageList, features: dict[str, Tensor]) -> list[Tensor]:
+        """Post-NMS RPN proposals per image (no gradient flows into them)."""
+        return self.rpn_forward(image_list, features)[3]
+
     def rpn_loss(
         self, objectness: Tensor, deltas: Tensor, anchors: list[Tensor], targets: list[Target], weights: Tensor,
         cls_only: bool,
     ) -> dict[str, Tensor]:
-        labels, matched_gt = self.rpn.assign_targets_to_anchors(anchors, targets)
+        """Objectness and box loss with per-image weights; class-agnostic (labels are ignored)."""
+        boxes = [{"boxes": t["boxes"].float()} for t in targets]
+        labels, matched_gt = self.rpn.assign_targets_to_anchors(anchors, boxes)
         regression_targets = self.rpn.box_coder.encode(matched_gt, anchors)
         pos_masks, neg_masks = self.rpn.fg_bg_sampler(labels)
         w = per_sample_weights(weights, [a.shape[0] for a in anchors])
@@ -126,26 +150,80 @@ class FasterRCNNDetector(DetectorBase):
         pooled = self.roi_heads.box_roi_pool(features, boxes, sizes)
         return self.roi_heads.box_predictor(self.roi_heads.box_head(pooled))
 
+    def sample_rois(self, proposals: list[Tensor], targets: list[Target]) -> tuple[list[Tensor], Tensor, Tensor]:
+        """The standard RoI assigner and sampler: IoU 0.5, 512 per image, 25% foreground,
+        target boxes added as proposals. `targets` use ssodkit labels 0..K-1; the returned
+        labels (concatenated over images) use 0 = background, k+1 = class k, alongside the
+        per-image RoIs and the encoded regression targets."""
+        rois, _, labels, regression_targets = self.roi_heads.select_training_samples(proposals, self._shift(targets))
+        return rois, torch.cat(labels), torch.cat(regression_targets)
+
+    def _roi_terms(
+        self, logits: Tensor, deltas: Tensor, labels: Tensor, regression_targets: Tensor, focal: bool
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """Per-RoI classification loss, and smooth-L1 of the labelled class's deltas on foreground RoIs."""
+        logits = logits.float()
+        cls = softmax_focal_loss(logits, labels) if focal else F.cross_entropy(logits, labels, reduction="none")
+        pos = torch.where(labels > 0)[0]
+        deltas = deltas.float().reshape(deltas.shape[0], -1, 4)
+        box = F.smooth_l1_loss(
+            deltas[pos, labels[pos]], regression_targets[pos], beta=1 / 9, reduction="none"
+        ).sum(-1)
+        return cls, box, pos
+
     def roi_loss(
         self, features: dict[str, Tensor], proposals: list[Tensor], sizes, targets: list[Target],
         weights: Tensor, cls_only: bool, focal: bool,
     ) -> dict[str, Tensor]:
-        proposals, _, labels, regression_targets = self.roi_heads.select_training_samples(proposals, targets)
-        logits, deltas = self.roi_outputs(features, proposals, sizes)
-        w = per_sample_weights(weights, [p.shape[0] for p in proposals])
-        labels_all = torch.cat(labels)
+        """Generic-tier RoI loss with per-image weights (`targets` in ssodkit labels)."""
+        rois, labels, regression_targets = self.sample_rois(proposals, targets)
+        logits, deltas = self.roi_outputs(features, rois, sizes)
+        w = per_sample_weights(weights, [r.shape[0] for r in rois])
         denom = max(1, int((w > 0).sum()))
-        logits = logits.float()
-        cls = softmax_focal_loss(logits, labels_all) if focal else F.cross_entropy(logits, labels_all, reduction="none")
+        cls, box, pos = self._roi_terms(logits, deltas, labels, regression_targets, focal)
         losses = {"loss_cls": (w * cls).sum() / denom}
         if not cls_only:
-            pos = torch.where(labels_all > 0)[0]
-            deltas = deltas.float().reshape(deltas.shape[0], -1, 4)
-            box = F.smooth_l1_loss(
-                deltas[pos, labels_all[pos]], torch.cat(regression_targets)[pos], beta=1 / 9, reduction="none"
-            ).sum(-1)
             losses["loss_box"] = (w[pos] * box).sum() / denom
         return losses
+
+    def roi_losses(
+        self, features: dict[str, Tensor], rois: list[Tensor], sizes, labels: Tensor, regression_targets: Tensor,
+        roi_weights: Tensor,
+    ) -> dict[str, Tensor]:
+        """RoI losses of sampled RoIs with one weight per RoI (`sample_rois` order).
+
+        Classification is `Σ w·CE / max(Σ w, 1)`: with Soft Teacher's reliability weights the
+        background RoIs count by how sure the teacher is that they are background, and the
+        average re-normalises by the weights (the maintainers' code; the max guards an
+        all-background batch with tiny weights). Box regression is the weighted smooth-L1 of
+        foreground RoIs over the number of RoIs with non-zero weight, as in `roi_loss`.
+        """
+        logits, deltas = self.roi_outputs(features, rois, sizes)
+        cls, box, pos = self._roi_terms(logits, deltas, labels, regression_targets, focal=False)
+        w = roi_weights.float()
+        return {
+            "loss_cls": (w * cls).sum() / w.sum().clamp(min=1.0),
+            "loss_box": (w[pos] * box).sum() / max(1, int((w > 0).sum())),
+        }
+
+    @torch.no_grad()
+    def roi_cls_probs(self, features: dict[str, Tensor], boxes: list[Tensor], sizes) -> Tensor:
+        """Softmax `[R, K+1]` of the RoI head on the given boxes; column 0 is background."""
+        logits, _ = self.roi_outputs(features, boxes, sizes)
+        return F.softmax(logits.float(), -1)
+
+    @torch.no_grad()
+    def refine_boxes(
+        self, features: dict[str, Tensor], boxes: list[Tensor], labels: list[Tensor], sizes
+    ) -> list[Tensor]:
+        """The RoI head's refinement of each box for its own class (ssodkit label), clipped
+        to the image: what the detector would output for that box taken as a proposal."""
+        _, deltas = self.roi_outputs(features, boxes, sizes)
+        index = torch.cat(labels) + 1
+        deltas = deltas.float().reshape(deltas.shape[0], -1, 4)[torch.arange(index.numel(), device=index.device), index]
+        refined = self.roi_heads.box_coder.decode_single(deltas, torch.cat(boxes).float())
+        counts = [b.shape[0] for b in boxes]
+        return [box_ops.clip_boxes_to_image(r, size) for r, size in zip(refined.split(counts), sizes)]
 
     # ----------------------------------------------------------------- generic tier
     def loss(
@@ -158,20 +236,23 @@ class FasterRCNNDetector(DetectorBase):
         focal: bool = False,
     ) -> dict[str, Tensor]:
         validate_targets(targets, len(images), self.num_classes)
-        image_list, features = self.batch_with_names(images)
+        image_list, features = self.features(images)
         weights = resolve_image_weights(image_weights, len(images), image_list.tensors.device)
-        shifted = self._shift(targets)
         objectness, deltas, anchors, proposals = self.rpn_forward(image_list, features)
-        losses = self.rpn_loss(objectness, deltas, anchors, shifted, weights, cls_only)
+        losses = self.rpn_loss(objectness, deltas, anchors, targets, weights, cls_only)
         losses.update(
-            self.roi_loss(features, proposals, image_list.image_sizes, shifted, weights, cls_only, focal)
+            self.roi_loss(features, proposals, image_list.image_sizes, targets, weights, cls_only, focal)
         )
         return losses
 
     @torch.no_grad()
     def predict(self, images: list[Tensor]) -> list[Detections]:
-        image_list, features = self.batch_with_names(images)
-        _, _, _, proposals = self.rpn_forward(image_list, features)
+        image_list, features = self.features(images)
+        return self.detect(image_list, features, self.proposals(image_list, features))
+
+    @torch.no_grad()
+    def detect(self, image_list: ImageList, features: dict[str, Tensor], proposals: list[Tensor]) -> list[Detections]:
+        """`predict` from an existing feature pass (a teacher reuses it for its filters)."""
         logits, deltas = self.roi_outputs(features, proposals, image_list.image_sizes)
         boxes = self.roi_heads.box_coder.decode(deltas.float(), proposals)
         probs = F.softmax(logits.float(), -1)

@@ -72,21 +72,48 @@ def resolve_sources(cfg: RunConfig, run_dir: Path, dist: DistInfo, need_unlabele
     return DataSources(train, val, unlabeled if need_unlabeled else None)
 
 
-class MultiViewDataset(Dataset):
-    """Each unlabeled image through several named views, each with its own random draw."""
+def parse_view_spec(spec: str) -> tuple[str, str, str | None]:
+    """`"weak"` → (key "weak", view "weak", no source); `"strong=photometric_strong@weak"` →
+    (key "strong", view "photometric_strong", continued from the output of key "weak")."""
+    key, _, rest = spec.partition("=")
+    if not rest:
+        key, rest = spec.split("@")[0], spec
+    view, _, source = rest.partition("@")
+    return key, view, source or None
 
-    def __init__(self, per_view: dict[str, UnlabeledDataset]) -> None:
-        self.per_view = per_view
+
+class MultiViewDataset(Dataset):
+    """Each unlabeled image through several named views, decoded once.
+
+    Views draw independent randomness, except a view declared as continuing another
+    (`"strong=photometric_strong@weak"`), which starts from that view's output and so keeps
+    its geometry (SED's strong view shares the weak view's).
+    """
+
+    def __init__(self, base: UnlabeledDataset, views: dict[str, tuple[Any, str | None]]) -> None:
+        self.base = base
+        self.views = views
 
     def __len__(self) -> int:
-        return len(next(iter(self.per_view.values())))
+        return len(self.base)
 
     def __getitem__(self, index: tuple[int, int]) -> dict[str, dict[str, Any]]:
         image_index, seed = index
-        return {
-            name: ds[(image_index, (seed * 31 + k) & 0x7FFFFFFF)]
-            for k, (name, ds) in enumerate(self.per_view.items())
-        }
+        plain = self.base._sample(image_index, torch.Generator().manual_seed(seed))  # identity view
+        outputs: dict[str, Any] = {}
+        samples: dict[str, dict[str, Any]] = {}
+        for k, (key, (view, source)) in enumerate(self.views.items()):
+            generator = torch.Generator().manual_seed((seed * 31 + k) & 0x7FFFFFFF)
+            if source is None:
+                out = view(plain["image"], plain["boxes"], plain["labels"], generator)
+            else:
+                out = view.from_state(outputs[source], generator)
+            outputs[key] = out
+            samples[key] = {
+                **plain, "image": out.image, "boxes": out.boxes, "labels": out.labels,
+                "matrix": out.matrix, "erased": out.erased,
+            }
+        return samples
 
 
 def samples_to_batch(samples: list[dict[str, Any]], device: torch.device) -> ViewBatch:
@@ -189,9 +216,13 @@ def build_train_data(cfg: RunConfig, run_dir: Path, dist: DistInfo, unlabeled_vi
         raise DataError(f"{sources.train.source}: no image with a (non-crowd) box to train on")
     unlabeled_dataset = None
     if need_unlabeled and sources.unlabeled is not None:
-        unlabeled_dataset = MultiViewDataset(
-            {name: UnlabeledDataset(sources.unlabeled, registry.get("views", name)(cfg.views)) for name in unlabeled_views}
-        )
+        from ssodkit.data.datasets import identity_view
+
+        views = {}
+        for spec in unlabeled_views:
+            key, view, source = parse_view_spec(spec)
+            views[key] = (registry.get("views", view)(cfg.views), source)
+        unlabeled_dataset = MultiViewDataset(UnlabeledDataset(sources.unlabeled, identity_view), views)
     val_dataset = None
     if sources.val is not None:
         val_dataset = EvalDataset(sources.val, registry.get("views", "eval")(cfg.views))

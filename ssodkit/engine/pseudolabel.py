@@ -193,7 +193,10 @@ def pseudolabel(
         raise SsodkitError(f"{checkpoint}: checkpoint not found")
     if not images.exists():
         raise DataError(f"{images}: images path not found (give a folder of images or a COCO JSON)")
-    dev = resolve_device(device)
+    try:
+        dev = resolve_device(device)
+    except SsodkitError as exc:  # its message names the config key; here it is a flag
+        raise SsodkitError(str(exc).replace("train.device", "--device", 1)) from None
 
     coco = load_unlabeled(images, image_root, skip_invalid=True, check_images="exists")
     skipped = _input_skips(coco)
@@ -227,7 +230,7 @@ def pseudolabel(
     ]
     if fmt == "coco":
         entries = [
-            {**r, "id": i, "area": r["bbox"][2] * r["bbox"][3], "iscrowd": 0}
+            {"id": i, **r, "area": r["bbox"][2] * r["bbox"][3], "iscrowd": 0}
             for i, r in enumerate(entries, start=1)
         ]
     return PseudolabelResult(

@@ -1,0 +1,34 @@
+"""Unlabeled multi-view samples: independent views, or a view that continues another."""
+
+from __future__ import annotations
+
+import torch
+
+from ssodkit.data.coco import load_unlabeled
+from ssodkit.data.datasets import UnlabeledDataset, identity_view
+from ssodkit.engine.data_setup import MultiViewDataset, parse_view_spec
+from ssodkit.views.config import ViewConfig
+from ssodkit.views.pipelines import photometric_strong_view, strong_view, weak_view
+
+
+def test_view_specs_parse():
+    assert parse_view_spec("weak") == ("weak", "weak", None)
+    assert parse_view_spec("strong=photometric_strong@weak") == ("strong", "photometric_strong", "weak")
+
+
+def test_continued_view_keeps_the_geometry_and_independent_views_do_not(tiny_data):
+    coco = load_unlabeled(tiny_data.unlabeled, tiny_data.images)
+    cfg = ViewConfig(train_short_side=(96, 160))
+    dataset = MultiViewDataset(
+        UnlabeledDataset(coco, identity_view),
+        {"weak": (weak_view(cfg), None), "same": (photometric_strong_view(cfg), "weak"), "strong": (strong_view(cfg), None)},
+    )
+    differs = 0
+    for seed in range(6):
+        sample = dataset[(0, seed)]
+        assert torch.equal(sample["same"]["matrix"], sample["weak"]["matrix"])
+        assert sample["same"]["image"].shape == sample["weak"]["image"].shape
+        assert sample["weak"]["boxes"].numel() == 0  # hidden ground truth never leaks
+        differs += not torch.equal(sample["strong"]["matrix"], sample["weak"]["matrix"])
+    assert differs >= 4
+    assert torch.equal(dataset[(0, 1)]["strong"]["image"], dataset[(0, 1)]["strong"]["image"])  # seeded
