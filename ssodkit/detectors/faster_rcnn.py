@@ -165,7 +165,7 @@ class FasterRCNNDetector(DetectorBase):
         logits = logits.float()
         cls = softmax_focal_loss(logits, labels) if focal else F.cross_entropy(logits, labels, reduction="none")
         pos = torch.where(labels > 0)[0]
-        deltas = deltas.float().reshape(deltas.shape[0], -1, 4)
+        deltas = deltas.float().reshape(deltas.shape[0], self.num_classes + 1, 4)
         box = F.smooth_l1_loss(
             deltas[pos, labels[pos]], regression_targets[pos], beta=1 / 9, reduction="none"
         ).sum(-1)
@@ -220,7 +220,7 @@ class FasterRCNNDetector(DetectorBase):
         to the image: what the detector would output for that box taken as a proposal."""
         _, deltas = self.roi_outputs(features, boxes, sizes)
         index = torch.cat(labels) + 1
-        deltas = deltas.float().reshape(deltas.shape[0], -1, 4)[torch.arange(index.numel(), device=index.device), index]
+        deltas = deltas.float().reshape(deltas.shape[0], self.num_classes + 1, 4)[torch.arange(index.numel(), device=index.device), index]
         refined = self.roi_heads.box_coder.decode_single(deltas, torch.cat(boxes).float())
         counts = [b.shape[0] for b in boxes]
         return [box_ops.clip_boxes_to_image(r, size) for r, size in zip(refined.split(counts), sizes)]

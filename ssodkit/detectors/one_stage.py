@@ -22,7 +22,8 @@ from torchvision.ops import generalized_box_iou_loss, sigmoid_focal_loss
 from ssodkit.detectors.backbone import TimmFPN
 from ssodkit.detectors.base import DetectorBase, resolve_image_weights, validate_targets
 from ssodkit.detectors.config import DetectorConfig
-from ssodkit.detectors.protocol import Detections, Target
+from ssodkit.detectors.dense import DenseOutputs, unflatten_levels
+from ssodkit.detectors.protocol import DENSE_OUTPUTS, PYRAMID, Detections, Target
 
 ONE_STAGE_STRIDES = (8, 16, 32)  # P3-P5 from the backbone, P6-P7 from the FPN
 
@@ -31,6 +32,9 @@ class OneStageDetector(DetectorBase):
     """Dense head on P3-P7; subclasses define matching, scoring and the head losses."""
 
     default_nms_thresh = 0.5
+    capabilities = frozenset({DENSE_OUTPUTS, PYRAMID})
+    forward_modes = ("loss", "predict", "dense")
+    strides = (8, 16, 32, 64, 128)  # P3-P7
 
     def __init__(
         self, num_classes: int, cfg: DetectorConfig, head: nn.Module, anchor_generator: AnchorGenerator
@@ -54,6 +58,24 @@ class OneStageDetector(DetectorBase):
         anchors = self.anchor_generator(image_list, features)
         per_level = [f.shape[-2] * f.shape[-1] * self.anchors_per_location for f in features]
         return image_list.image_sizes, outputs, anchors, per_level
+
+    def dense(self, images: list[Tensor]) -> DenseOutputs:
+        """The head's raw outputs per level on the padded batch's anchor grid."""
+        image_list, features = self.batch(images)
+        outputs = self.head(features)
+        anchors = self.anchor_generator(image_list, features)[0]
+        shapes = [(f.shape[-2], f.shape[-1]) for f in features]
+        a = self.anchors_per_location
+        per_level = [h * w * a for h, w in shapes]
+        ctr = outputs.get("bbox_ctrness")
+        return DenseOutputs(
+            cls_logits=unflatten_levels(outputs["cls_logits"], shapes, a),
+            box_regression=unflatten_levels(outputs["bbox_regression"], shapes, a),
+            centerness=None if ctr is None else unflatten_levels(ctr, shapes, a),
+            anchors=list(anchors.split(per_level)),
+            strides=list(self.strides),
+            image_sizes=list(image_list.image_sizes),
+        )
 
     @property
     def anchors_per_location(self) -> int:

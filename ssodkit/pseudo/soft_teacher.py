@@ -78,6 +78,9 @@ class BoxJitter:
         refined = teacher.model.refine_boxes(teacher.features, jittered, labels, teacher.sizes)
         out = []
         for boxes, det in zip(refined, detections):
+            if not len(det):
+                out.append(boxes.new_zeros(0))
+                continue
             boxes = boxes.reshape(self.times, len(det), 4)
             mean = boxes.mean(0)
             size = (mean[:, 2:] - mean[:, :2]).clamp(min=1.0).repeat(1, 2)

@@ -1,0 +1,149 @@
+"""SED — Scale-Equivalent Distillation (Guo et al., CVPR 2022); spec: docs/methods/sed.md.
+
+No hard threshold: the teacher's soft probabilities on the weak view are the student's
+targets on a strong view of the *same geometry* (self-distillation), and the student's
+predictions on the strong view at half size must equal its own predictions at full size one
+FPN level up (scale consistency). Every per-cell term is re-weighted by |p_target − p|^γ
+(no gradient through the weight), so cells where both already agree — mostly easy
+background — fade out and disagreements, mostly potential foreground, dominate.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar, Literal
+
+import torch
+import torch.nn.functional as F
+from pydantic import BaseModel, Field
+from torch import Tensor, nn
+
+from ssodkit.detectors.dense import DenseOutputs, crop_common, paired_levels
+from ssodkit.detectors.protocol import DENSE_OUTPUTS
+from ssodkit.methods.base import ModelHandle, ViewBatch
+from ssodkit.methods.teacher_student import TeacherStudent, TeacherStudentParams
+
+FOREGROUND_PROB = 0.5  # a teacher cell with max class prob above this counts as foreground
+
+
+class SEDParams(TeacherStudentParams):
+    unsup_weight: float = Field(1.0, ge=0, description="λ_u: L = L_s + λ_u·(L_distill + λ_s·L_scale)")
+    scale_weight: float = Field(1.0, ge=0, description="λ_s")
+    gamma: float = Field(2.0, ge=0, description="re-weighting exponent of |p_target − p|")
+    cls_loss: Literal["bce", "focal_bce"] = Field("bce", description="soft-target classification loss")
+    weighting: Literal["focal", "teacher_fg", "none"] = Field(
+        "focal", description="|p_t − p|^γ, the target's max class probability, or uniform"
+    )
+    normalize: Literal["weights", "foreground"] = Field(
+        "weights", description="divide by Σ weights, or by the number of target foreground cells"
+    )
+    box_weight: float = Field(1.0, ge=0, description="weight of the box (and centerness) terms")
+    filters: list[str] = Field(default_factory=list, description="SED uses no hard threshold")
+
+
+def soft_bce(logits: Tensor, target_probs: Tensor) -> Tensor:
+    """Binary cross-entropy against soft targets minus the targets' own entropy (i.e. the
+    binary KL divergence): the same gradient as BCE, but 0 where prediction = target, so a
+    logged term of 0 means agreement."""
+    t = target_probs.detach().float().clamp(1e-6, 1 - 1e-6)
+    bce = F.binary_cross_entropy_with_logits(logits.float(), t, reduction="none")
+    entropy = -(t * t.log() + (1 - t) * (1 - t).log())
+    return bce - entropy
+
+
+def soft_cls_terms(logits: Tensor, target_probs: Tensor, params: SEDParams) -> tuple[Tensor, Tensor]:
+    """Per-element loss and weight of student `logits` against soft `target_probs`.
+
+    The weight carries no gradient: it decides *where* to learn, not *what*.
+    """
+    target_probs = target_probs.detach()
+    loss = soft_bce(logits, target_probs)
+    probs = logits.detach().float().sigmoid()
+    if params.cls_loss == "focal_bce":
+        loss = loss * (target_probs - probs).abs().pow(params.gamma)
+    if params.weighting == "focal":
+        weight = (target_probs - probs).abs().pow(params.gamma)
+    elif params.weighting == "teacher_fg":
+        weight = target_probs.max(dim=-1, keepdim=True).values.expand_as(target_probs)
+    else:
+        weight = torch.ones_like(loss)
+    return loss, weight
+
+
+def normalized(loss: Tensor, weight: Tensor, target_probs: Tensor, params: SEDParams) -> Tensor:
+    if params.normalize == "foreground":
+        denom = (target_probs.detach().max(dim=-1).values > FOREGROUND_PROB).sum().clamp(min=1)
+    else:
+        denom = weight.sum().clamp(min=1e-6)
+    return (weight * loss).sum() / denom
+
+
+def dense_terms(
+    pred: DenseOutputs, target: DenseOutputs, level_pairs: list[tuple[int, int]], params: SEDParams
+) -> dict[str, Tensor]:
+    """Soft-target losses of `pred` against `target` over paired levels (pred l ↔ target l')."""
+    cls_loss, cls_weight, cls_target, box_terms, ctr_terms, box_norm = [], [], [], [], [], []
+    for l_pred, l_target in level_pairs:
+        t_logits, p_logits = crop_common(target.cls_logits[l_target], pred.cls_logits[l_pred])
+        t_probs = t_logits.detach().float().sigmoid()
+        loss, weight = soft_cls_terms(p_logits, t_probs, params)
+        cls_loss.append(loss.flatten())
+        cls_weight.append(weight.flatten())
+        cls_target.append(t_probs.flatten(0, -2))
+        # box (and centerness) terms count where the target sees an object
+        fg = t_probs.max(dim=-1).values  # [N, H, W, A]
+        t_box, p_box = crop_common(target.box_regression[l_target], pred.box_regression[l_pred])
+        box_terms.append((fg * (p_box.float() - t_box.detach().float()).abs().sum(-1)).sum())
+        box_norm.append(fg.sum())
+        if pred.centerness is not None and target.centerness is not None:
+            t_ctr, p_ctr = crop_common(target.centerness[l_target], pred.centerness[l_pred])
+            ctr = soft_bce(p_ctr, t_ctr.detach().float().sigmoid()).squeeze(-1)
+            ctr_terms.append((fg * ctr).sum())
+    targets = torch.cat(cls_target)
+    out = {"cls": normalized(torch.cat(cls_loss), torch.cat(cls_weight), targets, params)}
+    denom = torch.stack(box_norm).sum().clamp(min=1.0)
+    out["box"] = params.box_weight * torch.stack(box_terms).sum() / denom
+    if ctr_terms:
+        out["ctr"] = params.box_weight * torch.stack(ctr_terms).sum() / denom
+    return out
+
+
+def half_size(images: list[Tensor]) -> list[Tensor]:
+    """The strong view down-sampled by exactly 2 (antialiased), s↓."""
+    return [
+        F.interpolate(img[None], size=(img.shape[-2] // 2, img.shape[-1] // 2), mode="bilinear",
+                      antialias=True, align_corners=False)[0]
+        for img in images
+    ]
+
+
+class SED(TeacherStudent):
+    name = "sed"
+    requires: ClassVar[frozenset[str]] = frozenset({DENSE_OUTPUTS})
+    unlabeled_views: ClassVar[tuple[str, ...]] = ("weak", "strong=photometric_strong@weak")
+    Params: ClassVar[type[BaseModel]] = SEDParams
+
+    def unsupervised_loss(
+        self, student: ModelHandle, teacher: nn.Module, unlabeled: dict[str, ViewBatch], it: int
+    ) -> dict[str, Tensor]:
+        p: SEDParams = self.params
+        weak, strong = unlabeled["weak"], unlabeled["strong"]
+        with torch.no_grad():
+            teacher.eval()
+            t_dense: DenseOutputs = teacher("dense", weak.images)
+        s_dense: DenseOutputs = student("dense", strong.images)
+        s_small: DenseOutputs = student("dense", half_size(strong.images))
+        same = [(level, level) for level in range(s_dense.num_levels)]
+        distill = dense_terms(s_dense, t_dense, same, p)
+        # the larger scale is the more reliable target: s↓ level l−1 learns from s level l
+        scale = dense_terms(s_small, s_dense, [(b, a) for a, b in paired_levels(s_dense, s_small)], p)
+        self.record_soft_stats(t_dense)
+        losses = {f"unsup_distill_{k}": p.unsup_weight * v for k, v in distill.items()}
+        losses.update({f"unsup_scale_{k}": p.unsup_weight * p.scale_weight * v for k, v in scale.items()})
+        return losses
+
+    def record_soft_stats(self, teacher_dense: DenseOutputs) -> None:
+        probs = torch.cat([t.detach().flatten(0, -2).sigmoid().max(-1).values for t in teacher_dense.cls_logits])
+        self.stats["teacher_fg_cells"] = float((probs > FOREGROUND_PROB).sum()) / max(1, len(teacher_dense.image_sizes))
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}

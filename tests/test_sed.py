@@ -1,0 +1,106 @@
+"""SED: level pairing, equivariance gives zero scale loss, re-weighting, detached targets."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from ssodkit.detectors import DetectorConfig, build_detector
+from ssodkit.detectors.dense import DenseOutputs, paired_levels
+from ssodkit.methods.base import ModelHandle, ViewBatch
+from ssodkit.methods.sed import SED, SEDParams, dense_terms, half_size, soft_cls_terms
+from ssodkit.views.geometry import identity_matrix
+
+STRIDES = [8, 16, 32, 64, 128]
+
+
+def dense_for(image_hw: tuple[int, int], fill, k: int = 3, with_ctr: bool = True) -> DenseOutputs:
+    """Dense outputs of a constructed detector: cell value = fill(level, i, j)."""
+    h, w = image_hw
+    cls, box, ctr, anchors = [], [], [], []
+    for level, stride in enumerate(STRIDES):
+        gh, gw = -(-h // stride), -(-w // stride)
+        grid = torch.tensor([[fill(stride * 1.0, i, j) for j in range(gw)] for i in range(gh)])
+        cls.append(grid[None, :, :, None, None].expand(1, gh, gw, 1, k).clone())
+        box.append(grid[None, :, :, None, None].expand(1, gh, gw, 1, 4).clone() * 0.1)
+        ctr.append(grid[None, :, :, None, None].clone())
+        anchors.append(torch.zeros(gh * gw, 4))
+    return DenseOutputs(cls, box, ctr if with_ctr else None, anchors, STRIDES, [image_hw])
+
+
+def test_level_l_of_the_image_pairs_with_level_l_minus_1_at_half_size():
+    large, small = dense_for((256, 256), lambda s, i, j: 0.0), dense_for((128, 128), lambda s, i, j: 0.0)
+    pairs = paired_levels(large, small)
+    assert pairs == [(1, 0), (2, 1), (3, 2), (4, 3)]  # P4-P7 of s ↔ P3-P6 of s↓; P3 of s has none
+    # a value placed at (s, P_l) cell (i, j) is compared with (s↓, P_{l-1}) cell (i, j)
+    for l_large, l_small in pairs:
+        assert large.cls_logits[l_large].shape[1:3] == small.cls_logits[l_small].shape[1:3]
+    large.cls_logits[2][0, 3, 5] = 4.0
+    small.cls_logits[1][0, 3, 5] = 4.0
+    params = SEDParams()
+    assert float(dense_terms(small, large, [(b, a) for a, b in pairs], params)["cls"]) == pytest.approx(0.0, abs=1e-6)
+    small.cls_logits[1][0, 3, 5] = -4.0  # the paired cell disagrees now
+    assert float(dense_terms(small, large, [(b, a) for a, b in pairs], params)["cls"]) > 0.1
+
+
+def test_scale_equivariant_predictions_give_zero_scale_loss():
+    # a detector whose output at a cell depends only on where the cell is in image terms
+    fill = lambda stride, i, j: ((i * stride) % 96) / 48.0 - ((j * stride) % 64) / 32.0  # noqa: E731
+    large = dense_for((256, 192), fill)
+    small = dense_for((128, 96), lambda stride, i, j: fill(stride * 2, i, j))
+    pairs = [(b, a) for a, b in paired_levels(large, small)]
+    terms = dense_terms(small, large, pairs, SEDParams())
+    for name, value in terms.items():
+        assert float(value) == pytest.approx(0.0, abs=1e-5), name
+
+
+def test_reweighting_is_zero_where_target_equals_prediction_and_grows_with_disagreement():
+    logits = torch.tensor([0.0, 2.0, -3.0])
+    loss, weight = soft_cls_terms(logits, torch.sigmoid(logits), SEDParams())
+    assert torch.allclose(weight, torch.zeros(3)) and torch.allclose(loss, torch.zeros(3), atol=1e-5)
+    _, weight = soft_cls_terms(logits, torch.tensor([0.5, 0.0, 1.0]), SEDParams(gamma=2.0))
+    expected = (torch.tensor([0.5, 0.0, 1.0]) - torch.sigmoid(logits)).abs() ** 2
+    assert torch.allclose(weight, expected)
+
+
+def test_distillation_targets_carry_no_gradient():
+    target = dense_for((128, 128), lambda s, i, j: float(i - j))
+    pred = dense_for((128, 128), lambda s, i, j: float(i + j) / 3)
+    for t in target.cls_logits + target.box_regression + target.centerness:
+        t.requires_grad_(True)
+    for t in pred.cls_logits + pred.box_regression + pred.centerness:
+        t.requires_grad_(True)
+    terms = dense_terms(pred, target, [(lv, lv) for lv in range(5)], SEDParams())
+    sum(terms.values()).backward()
+    assert all(t.grad is None for t in target.cls_logits + target.box_regression + target.centerness)
+    assert any(t.grad is not None and t.grad.abs().sum() > 0 for t in pred.cls_logits)
+
+
+def test_half_size_is_exactly_half():
+    assert half_size([torch.rand(3, 190, 255)])[0].shape == (3, 95, 127)
+
+
+def _batch(images):
+    n = len(images)
+    return ViewBatch(images, [{"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.long)}] * n,
+                     [identity_matrix()] * n, list(range(n)), [{} for _ in range(n)])
+
+
+@pytest.mark.parametrize("detector", ["fcos", "retinanet"])
+def test_sed_step_has_finite_nonzero_terms_and_no_threshold(detector, tiny_config):
+    cfg = tiny_config(method__name="sed", detector__name=detector)
+    method = SED.from_config(cfg, ["a", "b", "c"])
+    student = build_detector(DetectorConfig(name=detector, backbone="resnet18", fpn_channels=64, head_convs=1), 3)
+    method.check_detector(student)
+    images = [torch.rand(3, 128, 160)]
+    labeled = ViewBatch(images, [{"boxes": torch.tensor([[10.0, 10, 60, 70]]), "labels": torch.tensor([2])}],
+                        [identity_matrix()], [0], [{}])
+    losses = method.step(ModelHandle(student), copy.deepcopy(student).eval(), labeled,
+                         {"weak": _batch(images), "strong": _batch([images[0] * 0.8])}, it=0)
+    unsup = {k: v for k, v in losses.items() if k.startswith("unsup")}
+    expected = {"unsup_distill_cls", "unsup_distill_box", "unsup_scale_cls", "unsup_scale_box"}
+    assert expected <= set(unsup)
+    for name, value in unsup.items():
+        assert torch.isfinite(value) and float(value) > 0, name
