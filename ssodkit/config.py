@@ -76,6 +76,8 @@ class ScheduleConfig(_Section):
 
     @model_validator(mode="after")
     def _check(self) -> ScheduleConfig:
+        if self.warmup_iters > self.iters and "warmup_iters" not in self.model_fields_set:
+            self.__dict__["warmup_iters"] = self.iters // 10  # a short run keeps a short warm-up
         if self.warmup_iters > self.iters:
             raise ValueError(f"warmup_iters ({self.warmup_iters}) > iters ({self.iters})")
         if any(s <= 0 or s > self.iters for s in self.steps):

@@ -208,7 +208,8 @@ class FasterRCNNDetector(DetectorBase):
 
     @torch.no_grad()
     def roi_cls_probs(self, features: dict[str, Tensor], boxes: list[Tensor], sizes) -> Tensor:
-        """Softmax `[R, K+1]` of the RoI head on the given boxes; column 0 is background."""
+        """Softmax `[R, K+1]` of the RoI head on the given boxes; column 0 is background.
+        Teacher-side, so no gradient."""
         logits, _ = self.roi_outputs(features, boxes, sizes)
         return F.softmax(logits.float(), -1)
 
@@ -217,10 +218,12 @@ class FasterRCNNDetector(DetectorBase):
         self, features: dict[str, Tensor], boxes: list[Tensor], labels: list[Tensor], sizes
     ) -> list[Tensor]:
         """The RoI head's refinement of each box for its own class (ssodkit label), clipped
-        to the image: what the detector would output for that box taken as a proposal."""
+        to the image: what the detector would output for that box taken as a proposal.
+        Teacher-side, so no gradient."""
         _, deltas = self.roi_outputs(features, boxes, sizes)
         index = torch.cat(labels) + 1
-        deltas = deltas.float().reshape(deltas.shape[0], self.num_classes + 1, 4)[torch.arange(index.numel(), device=index.device), index]
+        deltas = deltas.float().reshape(deltas.shape[0], self.num_classes + 1, 4)
+        deltas = deltas[torch.arange(index.numel(), device=index.device), index]
         refined = self.roi_heads.box_coder.decode_single(deltas, torch.cat(boxes).float())
         counts = [b.shape[0] for b in boxes]
         return [box_ops.clip_boxes_to_image(r, size) for r, size in zip(refined.split(counts), sizes)]

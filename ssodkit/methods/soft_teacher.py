@@ -79,7 +79,7 @@ class SoftTeacher(TeacherStudent):
     def jitter_generator(self, weak: ViewBatch, it: int) -> torch.Generator:
         """Seeded by run seed, iteration and image ids: reproducible, exact on resume, and
         different on every rank without knowing the rank."""
-        seed = hash((self.cfg.train.seed, it, *weak.image_ids)) & 0x7FFF_FFFF_FFFF_FFFF
+        seed = hash((self.cfg.train.seed, it, *map(int, weak.image_ids))) & 0x7FFF_FFFF_FFFF_FFFF
         return torch.Generator().manual_seed(seed)
 
     # ------------------------------------------------------------------ losses

@@ -27,7 +27,6 @@ Definitions, chosen to agree with pycocotools' COCOeval so that the numbers line
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -150,26 +149,31 @@ class _Boxes:
 
 def _gt_rows(
     gt: CocoDataset | Mapping[str, Any], image_ids: Iterable[int] | None
-) -> tuple[_Catalog, list[tuple[int, int, list[float], float | None, int]]]:
-    """The catalog and (image id, category id, bbox, area, iscrowd) of every GT annotation."""
+) -> tuple[_Catalog, list[tuple[Any, ...]]]:
+    """The catalog and (image id, category id, bbox, area, iscrowd) of the GT annotations of
+    the chosen images; a `CocoDataset` is indexed by image, so a few images cost little."""
     if isinstance(gt, CocoDataset):
-        images = [(img.id, img.file_name) for img in gt.images]
+        images = _restrict([(img.id, img.file_name) for img in gt.images], image_ids)
         cats = [(c.id, c.name) for c in gt.categories]
-        anns = [(a.image_id, a.category_id, a.bbox, a.area, a.iscrowd) for a in gt.annotations]
+        anns = [
+            (a.image_id, a.category_id, a.bbox, a.area, a.iscrowd)
+            for image_id, _ in images
+            for a in gt.annotations_for(image_id)
+        ]
     else:
         try:
-            images = [(int(img["id"]), str(img["file_name"])) for img in gt["images"]]
+            images = _restrict(
+                [(int(img["id"]), str(img["file_name"])) for img in gt["images"]], image_ids
+            )
             cats = [(int(c["id"]), str(c.get("name", c["id"]))) for c in gt["categories"]]
+            kept = {i for i, _ in images}
             anns = [
-                (a["image_id"], a["category_id"], a["bbox"], a.get("area"), int(a.get("iscrowd", 0)))
+                (a["image_id"], a["category_id"], a["bbox"], a.get("area"), a.get("iscrowd", 0))
                 for a in gt.get("annotations", [])
+                if a["image_id"] in kept
             ]
         except (KeyError, TypeError, ValueError) as exc:
             raise DataError(f"ground-truth dict is not valid COCO (missing or bad {exc})") from None
-    if image_ids is not None:
-        images = _restrict(images, image_ids)
-        kept = {i for i, _ in images}
-        anns = [a for a in anns if a[0] in kept]
     cats.sort()
     catalog = _Catalog(
         [i for i, _ in images], [n for _, n in images], [c for c, _ in cats], [n for _, n in cats]
@@ -177,7 +181,12 @@ def _gt_rows(
     return catalog, anns
 
 
-def _restrict(images: list[tuple[int, str]], image_ids: Iterable[int]) -> list[tuple[int, str]]:
+def _restrict(
+    images: list[tuple[int, str]], image_ids: Iterable[int] | None
+) -> list[tuple[int, str]]:
+    """The (id, file name) of the chosen images in file order; all of them for None."""
+    if image_ids is None:
+        return images
     wanted = {int(i) for i in image_ids}
     missing = wanted - {i for i, _ in images}
     if missing:
@@ -229,8 +238,9 @@ def _read_detections(results: Sequence[Mapping[str, Any]], catalog: _Catalog) ->
     try:
         rows = [(r["image_id"], r["category_id"], r["bbox"], float(r["score"])) for r in results]
     except (KeyError, TypeError, ValueError) as exc:
-        raise DataError(f"a detection lacks or has a bad {exc}; need image_id, category_id, "
-                        "bbox and score") from None  # fmt: skip
+        raise DataError(
+            f"a detection lacks or has a bad {exc}; need image_id, category_id, bbox and score"
+        ) from None
     bad_images = {r[0] for r in rows} - set(catalog.image_ids)
     if bad_images:
         raise DataError(
@@ -238,8 +248,9 @@ def _read_detections(results: Sequence[Mapping[str, Any]], catalog: _Catalog) ->
         )
     bad_cats = {r[1] for r in rows} - set(catalog.cat_ids)
     if bad_cats:
-        raise DataError(f"detections of category id(s) {_examples(bad_cats)} that are not in "
-                        "the ground truth")  # fmt: skip
+        raise DataError(
+            f"detections of category id(s) {_examples(bad_cats)} that are not in the ground truth"
+        )
     scores = np.array([r[3] for r in rows], dtype=np.float64)
     order = np.argsort(-scores, kind="stable")
     return _boxes(catalog, [rows[i] for i in order], flag=scores[order])
@@ -254,7 +265,9 @@ def _groups(boxes: _Boxes) -> dict[tuple[int, int], np.ndarray]:
     keys = np.stack([boxes.image[order], boxes.label[order]], axis=1)
     starts = np.flatnonzero(np.r_[True, (np.diff(keys, axis=0) != 0).any(axis=1)])
     ends = np.r_[starts[1:], len(order)]
-    return {(int(keys[s, 0]), int(keys[s, 1])): order[s:e] for s, e in zip(starts, ends, strict=True)}
+    return {
+        (int(keys[s, 0]), int(keys[s, 1])): order[s:e] for s, e in zip(starts, ends, strict=True)
+    }
 
 
 def box_iou(dets: np.ndarray, gts: np.ndarray, crowd: np.ndarray) -> np.ndarray:
@@ -330,14 +343,20 @@ def _tally(
 def _point(threshold: float, tp: int, fp: int, ignored: int, n_gt: int) -> OperatingPoint:
     fn = n_gt - tp
     return OperatingPoint(
-        threshold=threshold, tp=tp, fp=fp, fn=fn, ignored=ignored,
+        threshold=threshold,
+        tp=tp,
+        fp=fp,
+        fn=fn,
+        ignored=ignored,
         precision=tp / (tp + fp) if tp + fp else None,
         recall=tp / n_gt if n_gt else None,
         f1=2 * tp / (2 * tp + fp + fn) if 2 * tp + fp + fn else None,
-    )  # fmt: skip
+    )
 
 
-def _points(counts: dict[int, np.ndarray], thresholds: np.ndarray, n_gt: int) -> list[OperatingPoint]:
+def _points(
+    counts: dict[int, np.ndarray], thresholds: np.ndarray, n_gt: int
+) -> list[OperatingPoint]:
     """Points of one row of `_tally`'s counts (a class, or the sum over classes)."""
     return [
         _point(float(t), int(counts[TP][j]), int(counts[FP][j]), int(counts[IGNORED][j]), n_gt)
@@ -370,13 +389,17 @@ def _image_summary(per_image: list[ImageCount], top_k: int) -> ImageSummary:
         return float(fn(values)) if len(values) else None
 
     return ImageSummary(
-        mean_pseudo=stat(np.mean, pseudo), median_pseudo=stat(np.median, pseudo),
-        mean_gt=stat(np.mean, gt), median_gt=stat(np.median, gt),
-        no_pseudo=int((pseudo == 0).sum()), no_gt=int((gt == 0).sum()),
+        mean_pseudo=stat(np.mean, pseudo),
+        median_pseudo=stat(np.median, pseudo),
+        mean_gt=stat(np.mean, gt),
+        median_gt=stat(np.median, gt),
+        no_pseudo=int((pseudo == 0).sum()),
+        no_gt=int((gt == 0).sum()),
         missed=int(((pseudo == 0) & (gt > 0)).sum()),
         hallucinated=int(((pseudo > 0) & (gt == 0)).sum()),
-        over_labelled=top(1.0), under_labelled=top(-1.0),
-    )  # fmt: skip
+        over_labelled=top(1.0),
+        under_labelled=top(-1.0),
+    )
 
 
 def _size_stats(gt: _Boxes, dets: _Boxes) -> list[SizeBucketStats]:
@@ -386,27 +409,68 @@ def _size_stats(gt: _Boxes, dets: _Boxes) -> list[SizeBucketStats]:
     out = []
     for b, name in enumerate(SIZE_BUCKETS):
         scores = dets.flag[det_bucket == b]
-        out.append(SizeBucketStats(
-            bucket=name, pseudo=len(scores), gt=int((gt_bucket == b).sum()),  # type: ignore[arg-type]
+        stats = SizeBucketStats(
+            bucket=name,  # type: ignore[arg-type]
+            pseudo=len(scores),
+            gt=int((gt_bucket == b).sum()),
             mean_score=float(scores.mean()) if len(scores) else None,
-        ))  # fmt: skip
+        )
+        out.append(stats)
+    return out
+
+
+def _per_image(catalog: _Catalog, pseudo: _Boxes, gt: _Boxes) -> list[ImageCount]:
+    n_images = len(catalog.image_ids)
+    n_pseudo = np.bincount(pseudo.image, minlength=n_images)
+    n_gt = np.bincount(gt.image, minlength=n_images)
+    return [
+        ImageCount(image_id=i, file_name=name, pseudo=int(p), gt=int(g))
+        for i, name, p, g in zip(catalog.image_ids, catalog.file_names, n_pseudo, n_gt, strict=True)
+    ]
+
+
+def _class_stats(
+    catalog: _Catalog,
+    gt: _Boxes,
+    pseudo: _Boxes,
+    score_thr: float,
+    at_thr: dict[int, np.ndarray],
+    swept: dict[int, np.ndarray],
+    thresholds: np.ndarray,
+) -> list[ClassStats]:
+    """Per class, most GT boxes first: the head-vs-tail view of the pseudo-labels."""
+    n_classes = len(catalog.cat_ids)
+    gt_per_class = np.bincount(gt.label, minlength=n_classes)
+    pseudo_per_class = np.bincount(pseudo.label, minlength=n_classes)
+    out = []
+    for k in sorted(range(n_classes), key=lambda k: (-gt_per_class[k], k)):
+        n_gt = int(gt_per_class[k])
+        stats = ClassStats(
+            name=catalog.class_names[k],
+            category_id=catalog.cat_ids[k],
+            pseudo=int(pseudo_per_class[k]),
+            gt=n_gt,
+            at_score_thr=_points(_row(at_thr, k), np.array([score_thr]), n_gt)[0],
+            best_f1=best_f1(_points(_row(swept, k), thresholds, n_gt)),
+        )
+        out.append(stats)
     return out
 
 
 def _subset(boxes: _Boxes, mask: np.ndarray) -> _Boxes:
-    return _Boxes(boxes.image[mask], boxes.label[mask], boxes.xywh[mask], boxes.area[mask],
-                  boxes.flag[mask])  # fmt: skip
+    return _Boxes(
+        boxes.image[mask], boxes.label[mask], boxes.xywh[mask], boxes.area[mask], boxes.flag[mask]
+    )
 
 
-def _check_options(score_thr: float, iou: float, score_thresholds: Sequence[float],
-                   iou_thresholds: Sequence[float]) -> None:  # fmt: skip
-    if not math.isfinite(score_thr):
-        raise ConfigError(f"score threshold must be a finite number, got {score_thr}")
-    for name, values in (("IoU", [iou, *iou_thresholds]), ("score", score_thresholds)):
-        if not values or not all(0.0 <= v <= 1.0 for v in values):
-            raise ConfigError(f"{name} thresholds must be a non-empty list in [0, 1], got {list(values)}")
-    if iou <= 0.0:
-        raise ConfigError(f"IoU threshold must be > 0, got {iou}")
+def _check_thresholds(what: str, values: Sequence[float]) -> None:
+    if not values or not all(0.0 <= v <= 1.0 for v in values):
+        raise ConfigError(f"{what} must be in [0, 1] (at least one), got {list(values)}")
+
+
+def _check_iou(iou: float) -> None:
+    if not 0.0 < iou <= 1.0:
+        raise ConfigError(f"IoU threshold must be in (0, 1], got {iou}")
 
 
 # --------------------------------------------------------------------------- public API
@@ -429,52 +493,43 @@ def compute_pseudo_stats(
     `image_ids` restricts the GT to the images the pseudo-labels were made for, so that
     recall does not count GT of images never labelled; detections elsewhere raise DataError.
     """
-    _check_options(score_thr, iou, score_thresholds, iou_thresholds)
+    _check_thresholds("score threshold", [score_thr])
+    _check_thresholds("score thresholds", score_thresholds)
+    _check_thresholds("IoU thresholds", [*iou_thresholds, iou])
+    _check_iou(iou)
     catalog, gt_boxes = _read_gt(gt, image_ids)
     dets = _read_detections(results, catalog)
     ious = np.array(sorted({*iou_thresholds, iou}))
     thresholds = np.array(sorted(set(score_thresholds)))
     outcome = _match_all(gt_boxes, dets, ious)
     main = int(np.flatnonzero(ious == iou)[0])
-
     n_classes = len(catalog.cat_ids)
+
     real_gt = _subset(gt_boxes, ~gt_boxes.flag)
-    gt_per_class = np.bincount(real_gt.label, minlength=n_classes)
+    pseudo = _subset(dets, dets.flag >= score_thr)
     at_thr = _tally(dets, outcome[main], np.array([score_thr]), n_classes)
     swept = [_tally(dets, outcome[t], thresholds, n_classes) for t in range(len(ious))]
-    pseudo = _subset(dets, dets.flag >= score_thr)
-    pseudo_per_class = np.bincount(pseudo.label, minlength=n_classes)
-
-    classes = []
-    for k in sorted(range(n_classes), key=lambda k: (-gt_per_class[k], k)):
-        n_gt = int(gt_per_class[k])
-        classes.append(ClassStats(
-            name=catalog.class_names[k], category_id=catalog.cat_ids[k],
-            pseudo=int(pseudo_per_class[k]), gt=n_gt,
-            at_score_thr=_points(_row(at_thr, k), np.array([score_thr]), n_gt)[0],
-            best_f1=best_f1(_points(_row(swept[main], k), thresholds, n_gt)),
-        ))  # fmt: skip
     sweeps = [
         ThresholdSweep(iou=float(t), points=_points(_row(c, None), thresholds, len(real_gt.label)))
         for t, c in zip(ious, swept, strict=True)
     ]
-    per_image = [
-        ImageCount(image_id=i, file_name=name, pseudo=int(p), gt=int(g))
-        for i, name, p, g in zip(
-            catalog.image_ids, catalog.file_names,
-            np.bincount(pseudo.image, minlength=len(catalog.image_ids)),
-            np.bincount(real_gt.image, minlength=len(catalog.image_ids)), strict=True,
-        )
-    ]  # fmt: skip
+    per_image = _per_image(catalog, pseudo, real_gt)
     return PseudoStats(
-        score_thr=score_thr, iou=iou, num_images=len(catalog.image_ids),
-        num_detections=len(dets.flag), num_pseudo=len(pseudo.flag),
-        num_gt=len(real_gt.label), num_crowd=int(gt_boxes.flag.sum()),
+        score_thr=score_thr,
+        iou=iou,
+        num_images=len(catalog.image_ids),
+        num_detections=len(dets.flag),
+        num_pseudo=len(pseudo.flag),
+        num_gt=len(real_gt.label),
+        num_crowd=int(gt_boxes.flag.sum()),
         at_score_thr=_points(_row(at_thr, None), np.array([score_thr]), len(real_gt.label))[0],
         best_f1=best_f1(sweeps[main].points),
-        images=_image_summary(per_image, top_k), per_image=per_image,
-        sizes=_size_stats(real_gt, pseudo), classes=classes, sweeps=sweeps,
-    )  # fmt: skip
+        images=_image_summary(per_image, top_k),
+        per_image=per_image,
+        sizes=_size_stats(real_gt, pseudo),
+        classes=_class_stats(catalog, real_gt, pseudo, score_thr, at_thr, swept[main], thresholds),
+        sweeps=sweeps,
+    )
 
 
 def pseudo_label_quality(
@@ -491,7 +546,7 @@ def pseudo_label_quality(
     Cheap: detections below `score_thr` are dropped before matching, only one IoU is matched,
     and with `image_ids` (the images the teacher labelled) only their GT is read.
     """
-    _check_options(score_thr, 0.5, [score_thr], [0.5])
+    _check_thresholds("score threshold", [score_thr])
     catalog, gt_boxes = _read_gt(gt, image_ids)
     dets = _read_detections(results, catalog)
     dets = _subset(dets, dets.flag >= score_thr)

@@ -1,0 +1,294 @@
+"""`ssodkit stats pseudo` and `ssodkit stats data`: why pseudo-labels help or hurt.
+
+The commands live on the `stats_app` sub-app so that further diagnostics (`stats grad`) can
+be added to the same group. The figures are computed by `ssodkit.stats`; this module only
+parses, prints and writes.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from ssodkit.errors import ConfigError, DataError
+
+if TYPE_CHECKING:
+    from ssodkit.stats.data import DataStats
+    from ssodkit.stats.pseudo import PseudoStats
+
+stats_app = typer.Typer(
+    help="Diagnostics: pseudo-labels against hidden ground truth, data set profiles.",
+    no_args_is_help=True,
+)
+
+TABLE_IOUS = (0.5, 0.75)  # the sweep table's IoU columns, besides --iou
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(stats_app, name="stats")
+
+
+# --------------------------------------------------------------------------- parsing
+def parse_thresholds(text: str, option: str = "--thresholds") -> list[float]:
+    """`start:stop:step` (stop included) or a comma list, e.g. `0.05:0.95:0.05` or `0.3,0.5`.
+
+    Grid values are rounded to 10 decimals so that 0.05·3 is 0.15, the threshold a user
+    typed, not 0.15000000000000002 (which a score of exactly 0.15 would miss)."""
+    try:
+        if ":" in text:
+            start, stop, step = (float(part) for part in text.split(":"))
+            if step <= 0 or stop < start:
+                raise ValueError
+            count = int(round((stop - start) / step)) + 1
+            return [round(start + i * step, 10) for i in range(count)]
+        return [float(part) for part in text.split(",")]
+    except ValueError:
+        raise ConfigError(
+            f"{option} '{text}': expected start:stop:step with stop ≥ start and step > 0, "
+            "or a comma list of numbers"
+        ) from None
+
+
+# --------------------------------------------------------------------------- formatting
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{100.0 * value:.1f}"
+
+
+def _ratio(pseudo: int, gt: int) -> str:
+    return "-" if gt == 0 else f"{pseudo / gt:.2f}"
+
+
+def _num(value: float | None, digits: int = 2) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def _summary_table(stats: PseudoStats) -> Table:
+    im = stats.images
+    table = Table(title="pseudo-labels vs ground truth", show_header=False)
+    table.add_column(style="bold")
+    table.add_column()
+    table.add_row("images", str(stats.num_images))
+    table.add_row("detections (any score)", str(stats.num_detections))
+    table.add_row(
+        f"pseudo boxes (score ≥ {stats.score_thr:g})",
+        f"{stats.num_pseudo}  (per image: mean {_num(im.mean_pseudo)}, "
+        f"median {_num(im.median_pseudo, 1)})",
+    )
+    table.add_row(
+        "GT boxes (non-crowd)",
+        f"{stats.num_gt}  (per image: mean {_num(im.mean_gt)}, median {_num(im.median_gt, 1)})",
+    )
+    table.add_row("GT crowd regions", str(stats.num_crowd))
+    table.add_row("images without pseudo / GT", f"{im.no_pseudo} / {im.no_gt}")
+    table.add_row("images with GT, no pseudo", f"{im.missed} (train as background)")
+    table.add_row("images with pseudo, no GT", str(im.hallucinated))
+    at, best = stats.at_score_thr, stats.best_f1
+    table.add_row(
+        f"P / R / F1 (IoU {stats.iou:g})",
+        f"{_pct(at.precision)} / {_pct(at.recall)} / {_pct(at.f1)} %",
+    )
+    table.add_row("TP / FP / FN / on crowd", f"{at.tp} / {at.fp} / {at.fn} / {at.ignored}")
+    if best is not None:
+        table.add_row(
+            f"best F1 (IoU {stats.iou:g})",
+            f"{_pct(best.f1)} % at score ≥ {best.threshold:g} "
+            f"(P {_pct(best.precision)}, R {_pct(best.recall)})",
+        )
+    return table
+
+
+def _sizes_table(stats: PseudoStats) -> Table:
+    table = Table(
+        title="by COCO size bucket",
+        caption="area: box w·h for pseudo boxes, annotation 'area' for GT (as COCOeval)",
+    )
+    for column in ("bucket", "GT", "pseudo", "pseudo/GT", "mean score"):
+        table.add_column(column, justify="left" if column == "bucket" else "right")
+    for s in stats.sizes:
+        ratio = _ratio(s.pseudo, s.gt)
+        table.add_row(s.bucket, str(s.gt), str(s.pseudo), ratio, _num(s.mean_score))
+    return table
+
+
+def _classes_table(stats: PseudoStats) -> Table:
+    table = Table(
+        title=f"by class, most GT first (%, IoU {stats.iou:g}, score ≥ {stats.score_thr:g})"
+    )
+    table.add_column("class")
+    for column in ("GT", "pseudo", "pseudo/GT", "P", "R", "best thr", "best F1"):
+        table.add_column(column, justify="right")
+    for c in stats.classes:
+        best = c.best_f1
+        table.add_row(
+            escape(c.name),
+            str(c.gt),
+            str(c.pseudo),
+            _ratio(c.pseudo, c.gt),
+            _pct(c.at_score_thr.precision),
+            _pct(c.at_score_thr.recall),
+            "-" if best is None else f"{best.threshold:g}",
+            _pct(None if best is None else best.f1),
+        )
+    return table
+
+
+def _sweep_table(stats: PseudoStats) -> Table:
+    ious = sorted({*TABLE_IOUS, stats.iou})
+    sweeps = [s for s in stats.sweeps if any(abs(s.iou - i) < 1e-9 for i in ious)]
+    main = next(s for s in sweeps if abs(s.iou - stats.iou) < 1e-9)
+    table = Table(title="precision / recall of all detections by score threshold (%)")
+    table.add_column("score ≥", justify="right")
+    table.add_column("boxes", justify="right")
+    for s in sweeps:
+        table.add_column(f"P@{s.iou:g}", justify="right")
+        table.add_column(f"R@{s.iou:g}", justify="right")
+    table.add_column(f"F1@{stats.iou:g}", justify="right")
+    for j, point in enumerate(main.points):
+        cells = [f"{point.threshold:g}", str(point.tp + point.fp + point.ignored)]
+        for s in sweeps:
+            cells += [_pct(s.points[j].precision), _pct(s.points[j].recall)]
+        table.add_row(*cells, _pct(point.f1))
+    return table
+
+
+def _images_table(stats: PseudoStats) -> Table | None:
+    rows = [("over", c) for c in stats.images.over_labelled]
+    rows += [("under", c) for c in stats.images.under_labelled]
+    if not rows:
+        return None
+    table = Table(title="most over- and under-labelled images")
+    for column in ("", "file", "image id", "pseudo", "GT"):
+        table.add_column(column, justify="left" if column in ("", "file") else "right")
+    for kind, c in rows:
+        table.add_row(kind, escape(c.file_name), str(c.image_id), str(c.pseudo), str(c.gt))
+    return table
+
+
+def _data_tables(stats: DataStats) -> list[Table]:
+    bpi = stats.boxes_per_image
+    summary = Table(title=f"data set {escape(stats.source or '')}", show_header=False)
+    summary.add_column(style="bold")
+    summary.add_column(justify="right")
+    summary.add_row("images", str(stats.num_images))
+    summary.add_row("boxes (non-crowd)", str(stats.num_boxes))
+    summary.add_row("crowd regions", str(stats.num_crowd))
+    summary.add_row("images without boxes", str(stats.images_without_boxes))
+    summary.add_row(
+        "boxes per image", f"mean {_num(bpi.mean)}, median {_num(bpi.median, 1)}, max {bpi.max}"
+    )
+    for bucket, n in stats.sizes.items():
+        summary.add_row(f"{bucket} boxes", str(n))
+    classes = Table(title="by class, most boxes first")
+    classes.add_column("class")
+    for column in ("boxes", "images", "small", "medium", "large"):
+        classes.add_column(column, justify="right")
+    for c in stats.classes:
+        counts = (c.boxes, c.images, c.small, c.medium, c.large)
+        classes.add_row(escape(c.name), *map(str, counts))
+    return [summary, classes]
+
+
+# --------------------------------------------------------------------------- commands
+@stats_app.command("pseudo")
+def pseudo(
+    pseudo_path: Annotated[
+        Path, typer.Option("--pseudo", help="Pseudo-labels: a COCO results JSON.")
+    ],
+    gt: Annotated[Path, typer.Option("--gt", help="Hidden ground truth: COCO JSON.")],
+    images: Annotated[
+        Path | None,
+        typer.Option(
+            "--images",
+            help="Image folder; with --plots, draws the most over- and under-labelled images.",
+        ),
+    ] = None,
+    score_thr: Annotated[
+        float, typer.Option("--score-thr", help="Pseudo boxes are detections with score ≥ this.")
+    ] = 0.5,
+    out_json: Annotated[
+        Path | None, typer.Option("--json", help="Write every figure to this JSON file.")
+    ] = None,
+    plots: Annotated[Path | None, typer.Option("--plots", help="Write PNG figures here.")] = None,
+    iou: Annotated[
+        float, typer.Option("--iou", help="IoU of the summary, per-class and best-F1 figures.")
+    ] = 0.5,
+    thresholds: Annotated[
+        str,
+        typer.Option("--thresholds", help="Score thresholds to sweep: start:stop:step or a,b,c."),
+    ] = "0.05:0.95:0.05",
+) -> None:
+    """Pseudo-labels against hidden GT: counts, sizes, classes, precision/recall by threshold.
+
+    Matching is COCOeval's (greedy by descending score, per image and class; a detection on a
+    crowd region is neither TP nor FP), at IoU 0.5:0.95 and --iou.
+    """
+    from ssodkit.data.coco import load_coco, load_results
+    from ssodkit.io import write_json_atomic
+    from ssodkit.stats.pseudo import compute_pseudo_stats
+
+    score_thresholds = parse_thresholds(thresholds)
+    if images is not None and not images.is_dir():
+        raise DataError(f"{images}: not a folder of images")
+    coco = load_coco(gt, images, check_images="none")
+    results = load_results(pseudo_path, coco)
+    stats = compute_pseudo_stats(
+        coco, results, score_thr=score_thr, iou=iou, score_thresholds=score_thresholds
+    )
+    console = Console()
+    tables = (_summary_table, _sizes_table, _classes_table, _sweep_table, _images_table)
+    for make_table in tables:
+        table = make_table(stats)
+        if table is not None:
+            console.print(table)
+    if out_json is not None:
+        console.print(f"wrote {write_json_atomic(out_json, stats.model_dump(mode='json'))}")
+    if plots is not None:
+        from ssodkit.stats.plots import write_pseudo_plots
+
+        written = write_pseudo_plots(
+            stats, plots, coco=coco if images is not None else None, results=results
+        )
+        console.print(f"wrote {len(written)} plots to {plots}")
+
+
+@stats_app.command("data")
+def data(
+    ann: Annotated[Path, typer.Option("--ann", help="COCO instance JSON.")],
+    resampling_t: Annotated[
+        float,
+        typer.Option("--resampling-t", help="Labeled Resampling threshold t (0: no resampling)."),
+    ] = 0.001,
+    out_json: Annotated[
+        Path | None, typer.Option("--json", help="Write every figure to this JSON file.")
+    ] = None,
+    plots: Annotated[Path | None, typer.Option("--plots", help="Write PNG figures here.")] = None,
+) -> None:
+    """Class and size profile of a COCO file and the Labeled Resampling factors it would get."""
+    from ssodkit.data.coco import load_coco
+    from ssodkit.data.resampling import repeat_factor_table
+    from ssodkit.io import write_json_atomic
+    from ssodkit.stats.data import compute_data_stats
+
+    coco = load_coco(ann, check_images="none")
+    stats = compute_data_stats(coco, resampling_t=resampling_t)
+    console = Console()
+    for table in _data_tables(stats):
+        console.print(table)
+    console.print(repeat_factor_table(coco, resampling_t))
+    r = stats.resampling
+    console.print(
+        f"Labeled Resampling: {r.images_repeated} of {stats.num_images} images repeated, "
+        f"an epoch draws {r.epoch_images:.1f} images (max r(I) {_num(r.max_factor)})"
+    )
+    if out_json is not None:
+        console.print(f"wrote {write_json_atomic(out_json, stats.model_dump(mode='json'))}")
+    if plots is not None:
+        from ssodkit.stats.plots import write_data_plots
+
+        written = write_data_plots(stats, plots)
+        console.print(f"wrote {len(written)} plots to {plots}")
