@@ -161,7 +161,10 @@ def test_no_pseudo_boxes_at_all_and_too_few_images(inputs, tmp_path):
     pseudo = [r for r in json.loads(inputs["pseudo"].read_text()) if r["image_id"] <= 3]
     small = tmp_path / "small.json"
     small.write_text(json.dumps(pseudo))
-    result = run_cli("mix", "--images", three, "--pseudo", small, "--mode", "mosaic", "--n", "1", "--out", tmp_path / "o")
+    result = run_cli(
+        "mix", "--images", three, "--pseudo", small, "--mode", "mosaic", "--n", "1",
+        "--out", tmp_path / "o",
+    )
     assert result.exit_code == 2 and "mixes 4 different images" in result.stderr
 
 

@@ -24,14 +24,21 @@ HEAD, TAIL, MID, ABSENT = 3, 7, 9, 11
 
 def make_coco(classes_per_image: list[list[int]], crowd: dict[int, int] | None = None) -> CocoDataset:
     """Image k (id k+1) holds one box per category id listed; ``crowd`` adds crowd boxes."""
-    images = [CocoImage(id=k + 1, file_name=f"{k}.png", width=50, height=50) for k in range(len(classes_per_image))]
+    images = [
+        CocoImage(id=k + 1, file_name=f"{k}.png", width=50, height=50)
+        for k in range(len(classes_per_image))
+    ]
+    box = [1, 1, 10, 10]
     anns = []
     for k, cats in enumerate(classes_per_image):
         for c in cats:
-            anns.append(CocoAnnotation(id=len(anns) + 1, image_id=k + 1, category_id=c, bbox=[1, 1, 10, 10]))
+            anns.append(CocoAnnotation(id=len(anns) + 1, image_id=k + 1, category_id=c, bbox=box))
     for image_id, c in (crowd or {}).items():
-        anns.append(CocoAnnotation(id=len(anns) + 1, image_id=image_id, category_id=c, bbox=[1, 1, 10, 10], iscrowd=1))
-    cats = [CocoCategory(id=c, name=n) for c, n in ((HEAD, "head"), (TAIL, "tail"), (MID, "mid"), (ABSENT, "absent"))]
+        anns.append(
+            CocoAnnotation(id=len(anns) + 1, image_id=image_id, category_id=c, bbox=box, iscrowd=1)
+        )
+    names = ((HEAD, "head"), (TAIL, "tail"), (MID, "mid"), (ABSENT, "absent"))
+    cats = [CocoCategory(id=c, name=n) for c, n in names]
     return CocoDataset(images, anns, cats, None, Path("."))
 
 

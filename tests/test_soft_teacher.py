@@ -36,8 +36,7 @@ def view_batch(images: list[torch.Tensor], matrix: torch.Tensor) -> ViewBatch:
 def soft_teacher(tiny_config, **params) -> SoftTeacher:
     cfg = tiny_config(method__name="soft_teacher", detector__name="faster_rcnn",
                       **{f"method__{k}": v for k, v in params.items()})
-    method = SoftTeacher.from_config(cfg, CLASSES)
-    return method
+    return SoftTeacher.from_config(cfg, CLASSES)
 
 
 def fixed_teacher(detections: list[Detections], seed: int = 1) -> torch.nn.Module:

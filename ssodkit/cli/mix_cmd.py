@@ -108,7 +108,7 @@ def mix(
         f"wrote {summary.n_images} {mode} images with {summary.n_boxes} boxes "
         f"(score > {score_thr:g}; {summary.n_empty} without any) to {escape(str(out))}"
     )
-    report.print(f"categories: {inputs.category_source}")
+    report.print(f"categories: {escape(inputs.category_source)}")
     report.print(f"image root: {escape(str(out / 'images'))}")
 
 
@@ -384,7 +384,8 @@ def draw_boxes(image: torch.Tensor, item: MixItem, class_names: list[str]) -> An
 
     pil = _to_pil(image)
     canvas = ImageDraw.Draw(pil)
-    for box, label, score in zip(item.boxes.tolist(), item.labels.tolist(), item.scores.tolist(), strict=True):
+    rows = zip(item.boxes.tolist(), item.labels.tolist(), item.scores.tolist(), strict=True)
+    for box, label, score in rows:
         colour = _colour(label)
         canvas.rectangle(box, outline=colour, width=2)
         text = f"{class_names[label]} {score:.2f}"

@@ -34,7 +34,7 @@ def register(app: typer.Typer) -> None:
 
 
 # --------------------------------------------------------------------------- parsing
-def parse_thresholds(text: str, option: str = "--thresholds") -> list[float]:
+def parse_thresholds(text: str) -> list[float]:
     """`start:stop:step` (stop included) or a comma list, e.g. `0.05:0.95:0.05` or `0.3,0.5`.
 
     Grid values are rounded to 10 decimals so that 0.05·3 is 0.15, the threshold a user
@@ -49,7 +49,7 @@ def parse_thresholds(text: str, option: str = "--thresholds") -> list[float]:
         return [float(part) for part in text.split(",")]
     except ValueError:
         raise ConfigError(
-            f"{option} '{text}': expected start:stop:step with stop ≥ start and step > 0, "
+            f"--thresholds '{text}': expected start:stop:step with stop ≥ start and step > 0, "
             "or a comma list of numbers"
         ) from None
 
@@ -138,9 +138,8 @@ def _classes_table(stats: PseudoStats) -> Table:
 
 
 def _sweep_table(stats: PseudoStats) -> Table:
-    ious = sorted({*TABLE_IOUS, stats.iou})
-    sweeps = [s for s in stats.sweeps if any(abs(s.iou - i) < 1e-9 for i in ious)]
-    main = next(s for s in sweeps if abs(s.iou - stats.iou) < 1e-9)
+    sweeps = [s for s in stats.sweeps if s.iou in {*TABLE_IOUS, stats.iou}]
+    main = next(s for s in sweeps if s.iou == stats.iou)
     table = Table(title="precision / recall of all detections by score threshold (%)")
     table.add_column("score ≥", justify="right")
     table.add_column("boxes", justify="right")

@@ -20,7 +20,7 @@ from matplotlib.patches import Rectangle
 from ssodkit.data.coco import CocoDataset
 from ssodkit.data.images import load_image
 from ssodkit.stats.data import DataStats
-from ssodkit.stats.pseudo import SIZE_BUCKETS, PseudoStats
+from ssodkit.stats.pseudo import SIZE_BUCKETS, OperatingPoint, PseudoStats, ThresholdSweep
 
 PSEUDO_COLOUR, GT_COLOUR = "tab:red", "tab:green"
 CURVE_IOUS = (0.5, 0.75, 0.95)  # a few IoUs keep the curves readable
@@ -28,10 +28,11 @@ MAX_CLASS_LABELS = 100  # beyond this, tick labels overlap into a black band
 EXAMPLES_PER_KIND = 3
 
 
-def _figure(width: float, height: float, *, ncols: int = 1, nrows: int = 1) -> tuple[Figure, Any]:
+def _figure(width: float, height: float, *, ncols: int = 1) -> tuple[Figure, np.ndarray]:
+    """A figure on an Agg canvas and its axes, one row, as a `[1, ncols]` array."""
     fig = Figure(figsize=(width, height), layout="constrained")
     FigureCanvasAgg(fig)
-    return fig, fig.subplots(nrows, ncols, squeeze=False)
+    return fig, fig.subplots(1, ncols, squeeze=False)
 
 
 def _save(fig: Figure, path: Path) -> Path:
@@ -76,12 +77,12 @@ def plot_classes(stats: PseudoStats, path: Path) -> Path:
     return _save(fig, path)
 
 
-def _curve_sweeps(stats: PseudoStats) -> list[Any]:
-    wanted = {*CURVE_IOUS, stats.iou}
-    return [s for s in stats.sweeps if any(abs(s.iou - w) < 1e-9 for w in wanted)]
+def _curve_sweeps(stats: PseudoStats) -> list[ThresholdSweep]:
+    return [s for s in stats.sweeps if s.iou in {*CURVE_IOUS, stats.iou}]
 
 
-def _values(points: Sequence[Any], field: str) -> np.ndarray:
+def _values(points: Sequence[OperatingPoint], field: str) -> np.ndarray:
+    """A field of each point, NaN where undefined (matplotlib leaves a gap)."""
     return np.array([np.nan if getattr(p, field) is None else getattr(p, field) for p in points])
 
 
@@ -137,7 +138,8 @@ def plot_examples(
     fig, axes = _figure(4.0 * len(chosen), 4.4, ncols=len(chosen))
     for ax, (kind, count) in zip(axes[0], chosen, strict=True):
         _draw_example(ax, coco, count.image_id, pseudo[count.image_id])
-        ax.set_title(f"{kind}: {count.file_name}\npseudo {count.pseudo} / GT {count.gt}", fontsize=9)
+        title = f"{kind}: {count.file_name}\npseudo {count.pseudo} / GT {count.gt}"
+        ax.set_title(title, fontsize=9)
     fig.suptitle(f"GT solid green, pseudo (score ≥ {stats.score_thr:g}) dashed red")
     return _save(fig, path)
 

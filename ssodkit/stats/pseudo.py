@@ -244,7 +244,8 @@ def _read_detections(results: Sequence[Mapping[str, Any]], catalog: _Catalog) ->
     bad_images = {r[0] for r in rows} - set(catalog.image_ids)
     if bad_images:
         raise DataError(
-            f"detections on image id(s) {_examples(bad_images)} that are not in the ground truth"
+            f"detections on image id(s) {_examples(bad_images)} outside the evaluated "
+            "ground-truth images"
         )
     bad_cats = {r[1] for r in rows} - set(catalog.cat_ids)
     if bad_cats:
@@ -464,8 +465,8 @@ def _subset(boxes: _Boxes, mask: np.ndarray) -> _Boxes:
 
 
 def _check_thresholds(what: str, values: Sequence[float]) -> None:
-    if not values or not all(0.0 <= v <= 1.0 for v in values):
-        raise ConfigError(f"{what} must be in [0, 1] (at least one), got {list(values)}")
+    if not all(0.0 <= v <= 1.0 for v in values):
+        raise ConfigError(f"{what} must be in [0, 1], got {list(values)}")
 
 
 def _check_iou(iou: float) -> None:
@@ -493,10 +494,10 @@ def compute_pseudo_stats(
     `image_ids` restricts the GT to the images the pseudo-labels were made for, so that
     recall does not count GT of images never labelled; detections elsewhere raise DataError.
     """
+    _check_iou(iou)
     _check_thresholds("score threshold", [score_thr])
     _check_thresholds("score thresholds", score_thresholds)
-    _check_thresholds("IoU thresholds", [*iou_thresholds, iou])
-    _check_iou(iou)
+    _check_thresholds("IoU thresholds", iou_thresholds)
     catalog, gt_boxes = _read_gt(gt, image_ids)
     dets = _read_detections(results, catalog)
     ious = np.array(sorted({*iou_thresholds, iou}))
