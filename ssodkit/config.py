@@ -36,6 +36,10 @@ class DataConfig(_Section):
         None, gt=0, lt=100, description="split train_ann COCO-standard style before training"
     )
     fold: int = Field(1, ge=1, description="seed of the labeled split (1..5 in the literature)")
+    repeat_factor_t: float | None = Field(
+        None, ge=0, description="Labeled Resampling threshold t; None = the method's default "
+        "(MixPL 0.001, others off), 0 = off"
+    )
     synthetic_seed: int = 0
     skip_invalid: bool = False
     num_workers: int = Field(2, ge=0)

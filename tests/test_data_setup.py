@@ -32,3 +32,20 @@ def test_continued_view_keeps_the_geometry_and_independent_views_do_not(tiny_dat
         differs += not torch.equal(sample["strong"]["matrix"], sample["weak"]["matrix"])
     assert differs >= 4
     assert torch.equal(dataset[(0, 1)]["strong"]["image"], dataset[(0, 1)]["strong"]["image"])  # seeded
+
+
+def test_labeled_resampling_is_the_methods_default_and_configurable(tiny_config):
+    from ssodkit.data.datasets import LabeledDataset
+    from ssodkit.data.resampling import repeat_factors
+    from ssodkit.engine.data_setup import labeled_repeat_factors
+
+    cfg = tiny_config()
+    from ssodkit.data.coco import load_coco
+
+    train = load_coco(cfg.data.train_ann, cfg.data.train_images)
+    dataset = LabeledDataset(train, identity_view)
+    assert labeled_repeat_factors(cfg, dataset, None) is None  # off unless a method or user asks
+    assert labeled_repeat_factors(tiny_config(data__repeat_factor_t=0.0), dataset, 1e-3) is None
+    factors = labeled_repeat_factors(tiny_config(data__repeat_factor_t=0.9), dataset, None)
+    assert factors == repeat_factors(train, 0.9, image_ids=dataset.image_ids)[0]
+    assert max(factors) > 1.0 and len(factors) == len(dataset)

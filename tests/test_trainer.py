@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 
+import pytest
 import torch
 
 from ssodkit.engine.checkpoint import load_checkpoint
@@ -32,12 +33,13 @@ class StopAfter(Trainer):
         return out
 
 
-def test_resume_after_interrupt_equals_uninterrupted_run(tiny_config):
-    cfg = tiny_config(schedule__iters=6, output__name="straight")
+@pytest.mark.parametrize("detector", ["fcos", "faster_rcnn"])  # Faster R-CNN samples with the global RNG
+def test_resume_after_interrupt_equals_uninterrupted_run(tiny_config, detector):
+    cfg = tiny_config(schedule__iters=6, output__name="straight", detector__name=detector)
     straight, summary = train(cfg)
     assert summary.status == "finished" and summary.iterations == 6
 
-    cfg = tiny_config(schedule__iters=6, output__name="interrupted")
+    cfg = tiny_config(schedule__iters=6, output__name="interrupted", detector__name=detector)
     interrupted = StopAfter(cfg)
     try:
         first = interrupted.run()
@@ -94,3 +96,12 @@ def test_run_folder_holds_config_checkpoints_metrics_and_eval(tiny_config):
     # a second run with the same name never overwrites the first
     _, again = train(cfg)
     assert again.run_dir != run and again.run_dir.name.endswith("-2")
+
+
+def test_a_run_refused_at_start_up_leaves_no_folder(tiny_config):
+    from ssodkit.errors import CapabilityError
+
+    cfg = tiny_config(method__name="soft_teacher", detector__name="fcos", output__name="refused")
+    with pytest.raises(CapabilityError):
+        Trainer(cfg)
+    assert not (cfg.output.runs_dir / "refused").exists()

@@ -134,6 +134,7 @@ class TrainData:
     train_dataset: LabeledDataset
     unlabeled_dataset: MultiViewDataset | None
     val_dataset: EvalDataset | None
+    repeat_factors: list[float] | None = None  # Labeled Resampling, one per labeled image
     _loaders: list[Any] = field(default_factory=list)
 
     @property
@@ -159,15 +160,21 @@ class TrainData:
             self._val_gt = self.sources.val.to_dict()
         return self._val_gt
 
-    def _stream(self, dataset: Dataset, num_images: int, batch_size: int, seed: int, start_batch: int) -> Iterator[list]:
+    def _stream(
+        self, dataset: Dataset, num_images: int, batch_size: int, seed: int, start_batch: int,
+        repeat_factors: list[float] | None = None,
+    ) -> Iterator[list]:
         sampler = InfiniteBatchSampler(
             num_images, batch_size, seed=seed, rank=self.dist.rank,
-            world_size=self.dist.world_size, start_batch=start_batch,
+            world_size=self.dist.world_size, start_batch=start_batch, repeat_factors=repeat_factors,
         )
         workers = self.cfg.data.num_workers
         loader = DataLoader(
             dataset, batch_sampler=sampler, num_workers=workers, collate_fn=list,
             persistent_workers=False, prefetch_factor=2 if workers else None,
+            # its own generator: creating the iterator must not draw from the global RNG,
+            # or a resumed run (RNG restored first) would diverge from an uninterrupted one
+            generator=torch.Generator().manual_seed(seed),
         )
         iterator = iter(loader)
         self._loaders.append(iterator)
@@ -176,7 +183,10 @@ class TrainData:
     def batches(self, start_batch: int) -> Iterator[tuple[list, dict[str, list] | None]]:
         """(labeled samples, unlabeled samples per view) per iteration, from `start_batch` on."""
         seed = self.cfg.train.seed
-        labeled = self._stream(self.train_dataset, len(self.train_dataset), self.cfg.train.batch_size, seed, start_batch)
+        labeled = self._stream(
+            self.train_dataset, len(self.train_dataset), self.cfg.train.batch_size, seed, start_batch,
+            self.repeat_factors,
+        )
         unlabeled = None
         if self.unlabeled_dataset is not None and self.cfg.train.unlabeled_batch_size > 0:
             unlabeled = self._stream(
@@ -206,7 +216,21 @@ class TrainData:
         self._loaders.clear()
 
 
-def build_train_data(cfg: RunConfig, run_dir: Path, dist: DistInfo, unlabeled_views: tuple[str, ...]) -> TrainData:
+def labeled_repeat_factors(cfg: RunConfig, dataset: LabeledDataset, default_t: float | None) -> list[float] | None:
+    """Class-aware repeat factors of the labeled images (MixPL's Labeled Resampling)."""
+    t = cfg.data.repeat_factor_t if cfg.data.repeat_factor_t is not None else default_t
+    if not t:
+        return None
+    from ssodkit.data.resampling import repeat_factors
+
+    per_image, _ = repeat_factors(dataset.coco, t, image_ids=dataset.image_ids)
+    return per_image
+
+
+def build_train_data(
+    cfg: RunConfig, run_dir: Path, dist: DistInfo, unlabeled_views: tuple[str, ...],
+    default_repeat_factor_t: float | None = None,
+) -> TrainData:
     registry = get_registry()
     need_unlabeled = bool(unlabeled_views)
     sources = resolve_sources(cfg, run_dir, dist, need_unlabeled)
@@ -226,4 +250,5 @@ def build_train_data(cfg: RunConfig, run_dir: Path, dist: DistInfo, unlabeled_vi
     val_dataset = None
     if sources.val is not None:
         val_dataset = EvalDataset(sources.val, registry.get("views", "eval")(cfg.views))
-    return TrainData(cfg, dist, sources, train_dataset, unlabeled_dataset, val_dataset)
+    factors = labeled_repeat_factors(cfg, train_dataset, default_repeat_factor_t)
+    return TrainData(cfg, dist, sources, train_dataset, unlabeled_dataset, val_dataset, factors)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import math
+import shutil
 import signal
 import time
 from dataclasses import dataclass, field
@@ -107,9 +108,25 @@ class Trainer:
         if cfg.train.deterministic:
             torch.use_deterministic_algorithms(True, warn_only=True)
 
-        self.run_dir = resume if resume is not None else self._new_run_dir()
         self.method_cls: type[Method] = get_registry().get("methods", cfg.method.name)
-        self.data: TrainData = build_train_data(cfg, self.run_dir, self.dist, self.method_cls.unlabeled_views)
+        self.run_dir = resume if resume is not None else self._new_run_dir()
+        try:
+            self._set_up(cfg, resume)
+        except BaseException:
+            if resume is None and self.dist.is_main:
+                self._remove_unused_run_dir()
+            raise
+
+    def _remove_unused_run_dir(self) -> None:
+        """A run that failed at start-up leaves no folder behind (nothing was trained)."""
+        if not any((self.run_dir / "checkpoints").glob("*.pt")):
+            shutil.rmtree(self.run_dir, ignore_errors=True)
+
+    def _set_up(self, cfg: RunConfig, resume: Path | None) -> None:
+        self.data: TrainData = build_train_data(
+            cfg, self.run_dir, self.dist, self.method_cls.unlabeled_views,
+            self.method_cls.default_repeat_factor_t,
+        )
         self.classes = self.data.classes
 
         self.model = build_model(cfg, len(self.classes)).to(self.device)

@@ -63,6 +63,7 @@ class Method:
     uses_teacher: ClassVar[bool] = False
     unlabeled_views: ClassVar[tuple[str, ...]] = ()  # view pipelines each unlabeled image gets
     Params: ClassVar[type[BaseModel]] = NoParams
+    default_repeat_factor_t: ClassVar[float | None] = None  # Labeled Resampling off unless set
 
     def __init__(self, params: BaseModel, cfg: RunConfig, class_names: list[str]) -> None:
         self.params = params

@@ -52,6 +52,7 @@ class MixPLParams(TeacherStudentParams):
 class MixPL(TeacherStudent):
     name = "mixpl"
     Params: ClassVar[type[BaseModel]] = MixPLParams
+    default_repeat_factor_t: ClassVar[float | None] = 1e-3  # LVIS's t; recipes tune it
 
     def __init__(self, params: MixPLParams, cfg: Any, class_names: list[str]) -> None:
         super().__init__(params, cfg, class_names)
