@@ -88,7 +88,7 @@ def _batch(images):
                      [identity_matrix()] * n, list(range(n)), [{} for _ in range(n)])
 
 
-@pytest.mark.parametrize("detector", ["fcos", "retinanet"])
+@pytest.mark.parametrize("detector", ["fcos", "retinanet", "faster_rcnn"])
 def test_sed_step_has_finite_nonzero_terms_and_no_threshold(detector, tiny_config):
     cfg = tiny_config(method__name="sed", detector__name=detector)
     method = SED.from_config(cfg, ["a", "b", "c"])
@@ -101,6 +101,19 @@ def test_sed_step_has_finite_nonzero_terms_and_no_threshold(detector, tiny_confi
                          {"weak": _batch(images), "strong": _batch([images[0] * 0.8])}, it=0)
     unsup = {k: v for k, v in losses.items() if k.startswith("unsup")}
     expected = {"unsup_distill_cls", "unsup_distill_box", "unsup_scale_cls", "unsup_scale_box"}
+    if detector == "faster_rcnn":  # the RPN is the dense part; the RoI head gets both losses too
+        expected |= {"unsup_distill_roi_cls", "unsup_distill_roi_box", "unsup_scale_roi_cls", "unsup_scale_roi_box"}
     assert expected <= set(unsup)
     for name, value in unsup.items():
-        assert torch.isfinite(value) and float(value) > 0, name
+        assert torch.isfinite(value) and float(value.detach()) > 0, name
+    sum(losses.values()).backward()  # every term reaches the student
+    assert all(torch.isfinite(p.grad).all() for p in student.parameters() if p.grad is not None)
+
+
+def test_roi_terms_vanish_when_student_equals_target():
+    from ssodkit.methods.sed import roi_terms
+
+    logits, deltas = torch.randn(5, 4), torch.randn(5, 16)
+    terms = roi_terms(logits, deltas, logits, deltas, SEDParams())
+    assert float(terms["roi_cls"]) == pytest.approx(0.0, abs=1e-6)
+    assert float(terms["roi_box"]) == pytest.approx(0.0, abs=1e-6)

@@ -40,7 +40,8 @@ from ssodkit.detectors.base import (
     validate_targets,
 )
 from ssodkit.detectors.config import DetectorConfig
-from ssodkit.detectors.protocol import TWO_STAGE, Detections, Target
+from ssodkit.detectors.dense import DenseOutputs
+from ssodkit.detectors.protocol import DENSE_OUTPUTS, PYRAMID, TWO_STAGE, Detections, Target
 
 TWO_STAGE_STRIDES = (4, 8, 16, 32)  # P2-P5, plus a max-pooled P6 for the RPN
 FOCAL_GAMMA = 1.5  # Unbiased Teacher's official value
@@ -56,13 +57,15 @@ def softmax_focal_loss(logits: Tensor, labels: Tensor, gamma: float = FOCAL_GAMM
 class FasterRCNNDetector(DetectorBase):
     name = "faster_rcnn"
     default_pseudo_thr = 0.7  # softmax (cross-entropy) scores
-    capabilities = frozenset({TWO_STAGE})
+    capabilities = frozenset({TWO_STAGE, DENSE_OUTPUTS, PYRAMID})  # dense outputs: the RPN's
     # Every TwoStage call is a mode, so a method reaching the student through
     # `ModelHandle` stays inside the one forward DDP sees.
     forward_modes = (
         "loss", "predict", "features", "rpn_forward", "rpn_loss", "proposals", "detect",
-        "sample_rois", "roi_losses", "roi_cls_probs", "refine_boxes",
+        "sample_rois", "roi_losses", "roi_cls_probs", "refine_boxes", "rpn_dense", "roi_outputs",
+        "dense",
     )
+    strides = (4, 8, 16, 32, 64)  # P2-P5 and the max-pooled P6
 
     def __init__(self, num_classes: int, cfg: DetectorConfig) -> None:
         backbone = TimmFPN(
@@ -112,6 +115,27 @@ class FasterRCNNDetector(DetectorBase):
         proposals = self.rpn.box_coder.decode(deltas.detach(), anchors).view(len(anchors), -1, 4)
         boxes, _ = self.rpn.filter_proposals(proposals, objectness, image_list.image_sizes, per_level)
         return objectness, deltas, anchors, boxes
+
+    def rpn_dense(self, image_list: ImageList, features: dict[str, Tensor]) -> DenseOutputs:
+        """The RPN as `DenseOutputs`: class-agnostic objectness (K = 1) and anchor deltas."""
+        feats = list(features.values())
+        objectness, deltas = self.rpn.head(feats)
+        anchors = self.rpn.anchor_generator(image_list, feats)[0]
+        a = self.rpn.anchor_generator.num_anchors_per_location()[0]
+        shapes = [(o.shape[-2], o.shape[-1]) for o in objectness]
+        n = len(image_list.image_sizes)
+        # torchvision's layout: [N, A·C, H, W] → [N, H, W, A, C]
+        cls = [o.view(n, a, 1, h, w).permute(0, 3, 4, 1, 2) for o, (h, w) in zip(objectness, shapes)]
+        box = [d.view(n, a, 4, h, w).permute(0, 3, 4, 1, 2) for d, (h, w) in zip(deltas, shapes)]
+        return DenseOutputs(
+            cls_logits=cls, box_regression=box, centerness=None,
+            anchors=list(anchors.split([h * w * a for h, w in shapes])),
+            strides=list(self.strides), image_sizes=list(image_list.image_sizes),
+        )
+
+    def dense(self, images: list[Tensor]) -> DenseOutputs:
+        image_list, features = self.features(images)
+        return self.rpn_dense(image_list, features)
 
     def proposals(self, image_list: ImageList, features: dict[str, Tensor]) -> list[Tensor]:
         """Post-NMS RPN proposals per image (no gradient flows into them)."""

@@ -18,7 +18,7 @@ from pydantic import BaseModel, Field
 from torch import Tensor, nn
 
 from ssodkit.detectors.dense import DenseOutputs, crop_common, paired_levels
-from ssodkit.detectors.protocol import DENSE_OUTPUTS
+from ssodkit.detectors.protocol import DENSE_OUTPUTS, TWO_STAGE
 from ssodkit.methods.base import ModelHandle, ViewBatch
 from ssodkit.methods.teacher_student import TeacherStudent, TeacherStudentParams
 
@@ -37,6 +37,7 @@ class SEDParams(TeacherStudentParams):
         "weights", description="divide by Σ weights, or by the number of target foreground cells"
     )
     box_weight: float = Field(1.0, ge=0, description="weight of the box (and centerness) terms")
+    roi_per_image: int = Field(256, gt=0, description="two-stage: proposals per image for the RoI terms")
     filters: list[str] = Field(default_factory=list, description="SED uses no hard threshold")
 
 
@@ -107,6 +108,29 @@ def dense_terms(
     return out
 
 
+def roi_terms(
+    pred_logits: Tensor, pred_deltas: Tensor, target_logits: Tensor, target_deltas: Tensor, params: SEDParams
+) -> dict[str, Tensor]:
+    """RoI-head soft targets: KL between class distributions, re-weighted by their total
+    variation distance^γ, and L1 between the deltas of the target's top foreground class,
+    weighted by the target's foreground probability."""
+    t_probs = target_logits.detach().float().softmax(-1)
+    log_p = pred_logits.float().log_softmax(-1)
+    kl = (t_probs * (t_probs.clamp(min=1e-8).log() - log_p)).sum(-1)
+    distance = 0.5 * (t_probs - log_p.detach().exp()).abs().sum(-1)
+    weight = distance.pow(params.gamma) if params.weighting == "focal" else t_probs[:, 1:].max(-1).values
+    if params.weighting == "none":
+        weight = torch.ones_like(kl)
+    cls = (weight * kl).sum() / weight.sum().clamp(min=1e-6)
+    fg_prob, fg_class = t_probs[:, 1:].max(-1)
+    rows = torch.arange(len(fg_class), device=fg_class.device)
+    cols = fg_class + 1  # column 0 is background
+    p_box = pred_deltas.float().view(len(rows), -1, 4)[rows, cols]
+    t_box = target_deltas.detach().float().view(len(rows), -1, 4)[rows, cols]
+    box = (fg_prob * (p_box - t_box).abs().sum(-1)).sum() / fg_prob.sum().clamp(min=1.0)
+    return {"roi_cls": cls, "roi_box": params.box_weight * box}
+
+
 def half_size(images: list[Tensor]) -> list[Tensor]:
     """The strong view down-sampled by exactly 2 (antialiased), s↓."""
     return [
@@ -127,19 +151,56 @@ class SED(TeacherStudent):
     ) -> dict[str, Tensor]:
         p: SEDParams = self.params
         weak, strong = unlabeled["weak"], unlabeled["strong"]
-        with torch.no_grad():
-            teacher.eval()
-            t_dense: DenseOutputs = teacher("dense", weak.images)
-        s_dense: DenseOutputs = student("dense", strong.images)
-        s_small: DenseOutputs = student("dense", half_size(strong.images))
-        same = [(level, level) for level in range(s_dense.num_levels)]
-        distill = dense_terms(s_dense, t_dense, same, p)
-        # the larger scale is the more reliable target: s↓ level l−1 learns from s level l
-        scale = dense_terms(s_small, s_dense, [(b, a) for a, b in paired_levels(s_dense, s_small)], p)
-        self.record_soft_stats(t_dense)
+        teacher.eval()
+        if TWO_STAGE in student.module.capabilities:
+            distill, scale = self.two_stage_terms(student, teacher, weak.images, strong.images)
+        else:
+            with torch.no_grad():
+                t_dense: DenseOutputs = teacher("dense", weak.images)
+            s_dense: DenseOutputs = student("dense", strong.images)
+            s_small: DenseOutputs = student("dense", half_size(strong.images))
+            distill, scale = self.dense_pair_terms(t_dense, s_dense, s_small)
         losses = {f"unsup_distill_{k}": p.unsup_weight * v for k, v in distill.items()}
         losses.update({f"unsup_scale_{k}": p.unsup_weight * p.scale_weight * v for k, v in scale.items()})
         return losses
+
+    def dense_pair_terms(
+        self, t_dense: DenseOutputs, s_dense: DenseOutputs, s_small: DenseOutputs
+    ) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+        """Distillation on the same grid; scale consistency s↓ level l−1 ← s level l (the
+        larger scale is the more reliable target)."""
+        same = [(level, level) for level in range(s_dense.num_levels)]
+        distill = dense_terms(s_dense, t_dense, same, self.params)
+        scale = dense_terms(s_small, s_dense, [(b, a) for a, b in paired_levels(s_dense, s_small)], self.params)
+        self.record_soft_stats(t_dense)
+        return distill, scale
+
+    def two_stage_terms(
+        self, student: ModelHandle, teacher: nn.Module, weak: list[Tensor], strong: list[Tensor]
+    ) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+        """Faster R-CNN: the RPN as a dense head, plus the RoI head on shared boxes —
+        the teacher's proposals for distillation, the union of both scales' proposals for
+        scale consistency."""
+        k = self.params.roi_per_image
+        with torch.no_grad():
+            t_list, t_feats = teacher("features", weak)
+            t_rpn = teacher("rpn_dense", t_list, t_feats)
+            t_boxes = [b[:k] for b in teacher("proposals", t_list, t_feats)]
+            t_roi = teacher("roi_outputs", t_feats, t_boxes, t_list.image_sizes)
+        s_list, s_feats = student("features", strong)
+        m_list, m_feats = student("features", half_size(strong))
+        distill, scale = self.dense_pair_terms(
+            t_rpn, student("rpn_dense", s_list, s_feats), student("rpn_dense", m_list, m_feats)
+        )
+        distill.update(roi_terms(*student("roi_outputs", s_feats, t_boxes, s_list.image_sizes), *t_roi, self.params))
+        with torch.no_grad():
+            s_boxes = student("proposals", s_list, s_feats)
+            m_boxes = student("proposals", m_list, m_feats)
+        union = [torch.cat([a[:k], 2.0 * b[:k]]) for a, b in zip(s_boxes, m_boxes)]
+        large = student("roi_outputs", s_feats, union, s_list.image_sizes)
+        small = student("roi_outputs", m_feats, [0.5 * u for u in union], m_list.image_sizes)
+        scale.update(roi_terms(*small, *large, self.params))
+        return distill, scale
 
     def record_soft_stats(self, teacher_dense: DenseOutputs) -> None:
         probs = torch.cat([t.detach().flatten(0, -2).sigmoid().max(-1).values for t in teacher_dense.cls_logits])
