@@ -32,6 +32,7 @@ def run_pair(pair: str, iters: int | None, device: str, overrides: list[str], ru
     flags = {"train.device": device, "output.runs_dir": str(runs_dir), "output.name": f"{method}-{detector}"}
     if iters is not None:
         flags["schedule.iters"] = iters
+        flags["schedule.warmup_iters"] = min(100, iters // 10)
         flags["eval.interval"] = iters
     cfg = build_config(recipe, flags, overrides)
     trainer = Trainer(cfg)

@@ -294,7 +294,7 @@ class Trainer:
         previous = signal.signal(signal.SIGINT, self._handle_sigint)
         status = "finished"
         window: dict[str, list[float]] = {}
-        start_time, start_iter = time.monotonic(), self.iteration
+        start_iter, step_time = self.iteration, 0.0
         self._progress = TrainProgress(total_iters, self.iteration, self.dist.is_main, cfg.train.log_interval, self.console)
         final: dict[str, EvalResult] = {}
         try:
@@ -307,6 +307,7 @@ class Trainer:
                     losses = self.train_step(next(stream))
                     self.scheduler.step()
                     self.iteration += 1
+                    step_time += time.monotonic() - step_start
                     if losses is None:
                         self._progress.print(f"[yellow]iter {self.iteration}: non-finite loss or gradient, step skipped")
                     else:
@@ -335,11 +336,11 @@ class Trainer:
         finally:
             signal.signal(signal.SIGINT, previous)
         barrier(self.dist)
-        elapsed = time.monotonic() - start_time
         return TrainSummary(
             run_dir=self.run_dir, iterations=self.iteration, status=status,
             skipped_steps=self.skipped_steps,
-            sec_per_iter=elapsed / max(1, self.iteration - start_iter), final=final, best=self.best,
+            # training steps only (data wait included; evaluation and checkpoints excluded)
+            sec_per_iter=step_time / max(1, self.iteration - start_iter), final=final, best=self.best,
         )
 
     def close(self) -> None:
