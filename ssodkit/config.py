@@ -105,6 +105,10 @@ class EvalConfig(_Section):
     batch_size: int = Field(8, gt=0)
     backend: Literal["auto", "faster_coco_eval", "pycocotools"] = "auto"
     max_images: int | None = Field(None, gt=0, description="evaluate on the first N val images")
+    pseudo_images: int = Field(
+        100, ge=0, description="unlabeled images whose pseudo-labels are scored against hidden "
+        "ground truth at each eval (benchmark mode; 0 = off)"
+    )
 
 
 class OutputConfig(_Section):

@@ -153,3 +153,7 @@ def test_mean_teacher_trains_and_resume_restores_the_teacher_exactly(tiny_config
 
     logged = [r for r in read_metrics(summary.run_dir / "metrics.jsonl") if r["type"] == "train"]
     assert any("unsup_loss_cls" in r for r in logged) and "pseudo_per_image" in logged[-1]
+    # benchmark mode: the unlabeled file has hidden boxes, so pseudo-label quality is logged
+    evals = [r for r in read_metrics(summary.run_dir / "metrics.jsonl") if r["type"] == "eval"]
+    assert {"pseudo/precision50", "pseudo/recall50", "pseudo/pseudo_per_image", "pseudo/gt_per_image"} <= set(evals[-1])
+    assert evals[-1]["pseudo/gt_per_image"] > 0

@@ -28,6 +28,20 @@ class DataSources:
     train: CocoDataset
     val: CocoDataset | None
     unlabeled: CocoDataset | None
+    unlabeled_gt: CocoDataset | None = None  # hidden ground truth of the unlabeled pool, if any
+
+
+def hidden_ground_truth(src: Path | None, images: Path | None) -> CocoDataset | None:
+    """The unlabeled file's own boxes (benchmark mode: the pool is labeled data in disguise).
+
+    Never used for training; only to measure pseudo-label precision/recall."""
+    if src is None or Path(src).is_dir():
+        return None
+    try:
+        coco = load_coco(src, images, check_images="none")
+    except DataError:
+        return None
+    return coco if coco.annotations else None
 
 
 def resolve_sources(cfg: RunConfig, run_dir: Path, dist: DistInfo, need_unlabeled: bool) -> DataSources:
@@ -58,18 +72,22 @@ def resolve_sources(cfg: RunConfig, run_dir: Path, dist: DistInfo, need_unlabele
             rest.save(run_dir / "splits" / f"{stem}-unlabeled.json")
         if unlabeled_src is None:
             unlabeled = rest
+    unlabeled_gt = unlabeled if unlabeled is not None and unlabeled.annotations else None
     if need_unlabeled and unlabeled is None:
         if unlabeled_src is None:
             raise DataError(
                 f"method '{cfg.method.name}' needs unlabeled images: pass --unlabeled or --labeled-percent"
             )
         unlabeled = load_unlabeled(unlabeled_src, unlabeled_images, skip_invalid=data.skip_invalid)
+        unlabeled_gt = hidden_ground_truth(unlabeled_src, unlabeled_images)
     val = load_coco(val_ann, val_images, skip_invalid=data.skip_invalid) if val_ann else None
     if val is not None and val.class_names != train.class_names:
         raise DataError(f"{val_ann}: categories {val.class_names} differ from {train_ann}'s {train.class_names}")
     if val is not None and cfg.eval.max_images is not None:
         val = val.subset(val.image_ids[: cfg.eval.max_images])
-    return DataSources(train, val, unlabeled if need_unlabeled else None)
+    if not need_unlabeled:
+        unlabeled = unlabeled_gt = None
+    return DataSources(train, val, unlabeled, unlabeled_gt)
 
 
 def parse_view_spec(spec: str) -> tuple[str, str, str | None]:

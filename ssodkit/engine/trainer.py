@@ -263,6 +263,27 @@ class Trainer:
                 write_json_atomic(self.run_dir / "eval" / f"{role}_iter{self.iteration:07d}.json", results)
         return broadcast_object(out, self.dist)
 
+    def pseudo_label_quality(self) -> dict[str, float]:
+        """Precision/recall of the teacher's pseudo-labels against the unlabeled pool's hidden
+        ground truth (benchmark mode): tells whether the unsupervised signal is any good."""
+        gt = self.data.sources.unlabeled_gt
+        n = self.cfg.eval.pseudo_images
+        threshold = getattr(self.method.params, "score_thr", None)
+        if self.teacher is None or gt is None or n == 0 or threshold is None:
+            return {}
+        from ssodkit.data.datasets import EvalDataset
+        from ssodkit.engine.predict import predict_results
+        from ssodkit.stats.pseudo import pseudo_label_quality
+
+        subset = gt.subset(gt.image_ids[:n])
+        dataset = EvalDataset(subset, get_registry().get("views", "eval")(self.cfg.views))
+        results = predict_results(
+            self.teacher, dataset, self.data.index_to_cat_id, batch_size=self.cfg.eval.batch_size,
+            device=self.device, dist=self.dist, amp_dtype=self.amp_dtype,
+        )
+        quality = pseudo_label_quality(subset, results, threshold, image_ids=subset.image_ids)
+        return {f"pseudo/{k}": v for k, v in quality.items()}
+
     def _record_eval(self, results: dict[str, EvalResult]) -> bool:
         """Log eval metrics; True when this is the best model so far."""
         if not results:
@@ -270,10 +291,17 @@ class Trainer:
         record: dict[str, Any] = {"type": "eval", "iter": self.iteration}
         for role, res in results.items():
             record.update({f"{role}/{k}": v for k, v in res.model_dump().items() if k not in ("per_class", "backend")})
+        quality = self.pseudo_label_quality()
+        record.update(quality)
         self.metrics.write(record)
         primary = results.get("teacher", results.get("student"))
         score = primary.map if primary is not None and primary.map is not None else -1.0
         parts = [f"{role} mAP {100 * (r.map or 0):.1f}" for role, r in results.items()]
+        if quality:
+            parts.append(
+                f"pseudo-labels P {100 * quality['pseudo/precision50']:.0f}% "
+                f"R {100 * quality['pseudo/recall50']:.0f}% @IoU.5"
+            )
         self._progress.print(f"iter {self.iteration} eval: " + ", ".join(parts))
         if self.best is None or score > self.best:
             self.best = score
