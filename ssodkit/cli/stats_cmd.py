@@ -1,12 +1,12 @@
-"""`ssodkit stats pseudo` and `ssodkit stats data`: why pseudo-labels help or hurt.
+"""`ssodkit stats pseudo`, `stats data` and `stats grad`: why pseudo-labels help or hurt.
 
-The commands live on the `stats_app` sub-app so that further diagnostics (`stats grad`) can
-be added to the same group. The figures are computed by `ssodkit.stats`; this module only
-parses, prints and writes.
+The commands live on the `stats_app` sub-app, one group for every diagnostic. The figures are
+computed by `ssodkit.stats`; this module only parses, prints and writes.
 """
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -19,14 +19,17 @@ from ssodkit.errors import ConfigError, DataError
 
 if TYPE_CHECKING:
     from ssodkit.stats.data import DataStats
+    from ssodkit.stats.grad import GradStats
     from ssodkit.stats.pseudo import PseudoStats
 
 stats_app = typer.Typer(
-    help="Diagnostics: pseudo-labels against hidden ground truth, data set profiles.",
+    help="Diagnostics: pseudo-labels against hidden ground truth, data set profiles, gradient density.",
     no_args_is_help=True,
 )
 
 TABLE_IOUS = (0.5, 0.75)  # the sweep table's IoU columns, besides --iou
+SPARK_BLOCKS = "▁▂▃▄▅▆▇█"
+SPARK_FLOOR = 1e-6  # the lowest density a sparkline block shows (▁); below it, a blank
 
 
 def register(app: typer.Typer) -> None:
@@ -192,6 +195,44 @@ def _data_tables(stats: DataStats) -> list[Table]:
     return [summary, classes]
 
 
+def _sparkline(density: list[float]) -> str:
+    """One block per bin on a log scale from SPARK_FLOOR (▁) to 1 (█), blank where empty or
+    below the floor: TN's mass sits in the first bin by orders of magnitude, so a linear
+    scale would show one block and nothing else."""
+    chars = []
+    for value in density:
+        if value < SPARK_FLOOR:
+            chars.append(" ")
+            continue
+        level = 1.0 - math.log10(value) / math.log10(SPARK_FLOOR)  # 0 at the floor, 1 at 1
+        chars.append(SPARK_BLOCKS[min(len(SPARK_BLOCKS) - 1, int(level * len(SPARK_BLOCKS)))])
+    return "".join(chars)
+
+
+def _grad_table(stats: GradStats) -> Table:
+    edges = stats.bin_edges
+    table = Table(
+        title=f"GHM gradient norm g = |σ(x) − y_pseudo| of the student's classification logits "
+        f"(pseudo: score > {stats.score_thr:g}, {stats.num_images} images)",
+        caption=f"anchor × class elements; density: {stats.bins} bins over [0, 1], "
+        f"log scale (▁ {SPARK_FLOOR:g} … █ 1)",
+    )
+    table.add_column("view")
+    table.add_column("group")
+    for column in ("count", "mean g", "Σg %", f"g<{edges[1]:g} %", f"g≥{edges[-2]:g} %"):
+        table.add_column(column, justify="right")
+    table.add_column("density")
+    for view in stats.views:
+        for i, g in enumerate(view.groups):
+            table.add_row(
+                view.view if i == 0 else "", g.group, str(g.count), _num(g.mean_g, 3),
+                _pct(g.share), _pct(g.density[0] if g.count else None),
+                _pct(g.density[-1] if g.count else None), _sparkline(g.density),
+                end_section=i == len(view.groups) - 1,
+            )
+    return table
+
+
 # --------------------------------------------------------------------------- commands
 @stats_app.command("pseudo")
 def pseudo(
@@ -290,4 +331,55 @@ def data(
         from ssodkit.stats.plots import write_data_plots
 
         written = write_data_plots(stats, plots)
+        console.print(f"wrote {len(written)} plots to {plots}")
+
+
+@stats_app.command("grad")
+def grad(
+    checkpoint: Annotated[Path, typer.Option("--checkpoint", help="Checkpoint of a dense detector.")],
+    ann: Annotated[Path, typer.Option("--ann", help="Ground truth of the images: COCO JSON.")],
+    images: Annotated[Path, typer.Option("--images", help="Image folder of --ann.")],
+    views: Annotated[
+        str, typer.Option("--views", help="Comma list of student views: weak, strong, mixup, mosaic.")
+    ] = "weak,strong,mixup,mosaic",
+    score_thr: Annotated[
+        float | None,
+        typer.Option(
+            "--score-thr",
+            help="Pseudo labels: teacher detections with score > this (default: the run's τ, "
+            "else the detector's).",
+        ),
+    ] = None,
+    max_images: Annotated[int, typer.Option("--max-images", help="Use the first N images.")] = 50,
+    bins: Annotated[int, typer.Option("--bins", help="Equal bins of g over [0, 1].")] = 10,
+    out_json: Annotated[
+        Path | None, typer.Option("--json", help="Write every figure to this JSON file.")
+    ] = None,
+    plots: Annotated[Path | None, typer.Option("--plots", help="Write PNG figures here.")] = None,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the views, mixup pairs and mosaics.")] = 0,
+    device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N.")] = "auto",
+) -> None:
+    """Gradient-norm density of TP / FP / FN / TN elements under pseudo labels (MixPL Fig. 6).
+
+    The teacher labels a weak view of each image; the student's dense classification logits
+    on each view are assigned by the detector's own matcher to the pseudo labels and to the
+    GT. g = |σ(x) − y_pseudo| (the BCE gradient under the pseudo target) is binned per group:
+    a heavy FN tail is the student being taught to miss objects. Dense detectors only
+    (RetinaNet, FCOS).
+    """
+    from ssodkit.io import write_json_atomic
+    from ssodkit.stats.grad import gradient_density
+
+    stats = gradient_density(
+        checkpoint, ann, images, views=[v.strip() for v in views.split(",") if v.strip()],
+        score_thr=score_thr, max_images=max_images, bins=bins, seed=seed, device=device,
+    )
+    console = Console()
+    console.print(_grad_table(stats))
+    if out_json is not None:
+        console.print(f"wrote {write_json_atomic(out_json, stats.model_dump(mode='json'))}")
+    if plots is not None:
+        from ssodkit.stats.plots import write_grad_plots
+
+        written = write_grad_plots(stats, plots)
         console.print(f"wrote {len(written)} plots to {plots}")

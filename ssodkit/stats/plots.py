@@ -1,4 +1,4 @@
-"""PNG figures of `PseudoStats` and `DataStats`.
+"""PNG figures of `PseudoStats`, `DataStats` and `GradStats`.
 
 Figures are drawn on matplotlib's Agg canvas directly, without pyplot: no global backend is
 switched (a notebook that imports ssodkit keeps its own), nothing needs a display, and no
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from matplotlib.axes import Axes
@@ -22,10 +22,14 @@ from ssodkit.data.images import load_image
 from ssodkit.stats.data import DataStats
 from ssodkit.stats.pseudo import SIZE_BUCKETS, OperatingPoint, PseudoStats, ThresholdSweep
 
+if TYPE_CHECKING:  # grad pulls in torch; these figures only need its result models
+    from ssodkit.stats.grad import GradStats, ViewStats
+
 PSEUDO_COLOUR, GT_COLOUR = "tab:red", "tab:green"
 CURVE_IOUS = (0.5, 0.75, 0.95)  # a few IoUs keep the curves readable
 MAX_CLASS_LABELS = 100  # beyond this, tick labels overlap into a black band
 EXAMPLES_PER_KIND = 3
+GROUP_COLOURS = {"TP": "tab:green", "FP": "tab:red", "FN": "tab:orange", "TN": "tab:blue"}
 
 
 def _figure(width: float, height: float, *, ncols: int = 1) -> tuple[Figure, np.ndarray]:
@@ -220,3 +224,45 @@ def write_data_plots(stats: DataStats, out_dir: Path) -> list[Path]:
         plot_data_sizes(stats, out_dir / "data_sizes.png"),
         plot_boxes_per_image(stats, out_dir / "data_boxes_per_image.png"),
     ]
+
+
+# --------------------------------------------------------------------------- gradient density
+def _grad_axes(ax: Axes, view: ViewStats, edges: Sequence[float]) -> None:
+    """The four groups' densities of one view at the bin centres, log y (TN dwarfs the rest);
+    empty bins leave a gap, empty groups no line."""
+    e = np.asarray(edges)
+    centres = (e[:-1] + e[1:]) / 2
+    for group in view.groups:
+        if group.count:
+            d = np.asarray(group.density)
+            ax.plot(centres, np.where(d > 0, d, np.nan), marker="o", color=GROUP_COLOURS[group.group],
+                    label=f"{group.group} ({group.count})")
+    ax.set_yscale("log")
+    ax.set(xlim=(0, 1), xlabel="gradient norm g = |σ(x) − y_pseudo|", ylabel="fraction of group",
+           title=f"{view.view} ({view.images} images)")
+    ax.legend(fontsize=8)
+
+
+def plot_grad_view(stats: GradStats, view: ViewStats, path: Path) -> Path:
+    """One view's gradient-norm density per group."""
+    fig, axes = _figure(6, 4)
+    _grad_axes(axes[0, 0], view, stats.bin_edges)
+    return _save(fig, path)
+
+
+def plot_grad_views(stats: GradStats, path: Path) -> Path:
+    """All views side by side on a shared y axis, to compare how mixing moves FN and FP."""
+    n = len(stats.views)
+    fig = Figure(figsize=(4.5 * n, 4), layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(1, n, squeeze=False, sharey=True)
+    for ax, view in zip(axes[0], stats.views, strict=True):
+        _grad_axes(ax, view, stats.bin_edges)
+    fig.suptitle(f"{stats.detector}: gradient-norm density (pseudo: score > {stats.score_thr:g})")
+    return _save(fig, path)
+
+
+def write_grad_plots(stats: GradStats, out_dir: Path) -> list[Path]:
+    """`grad_<view>.png` per view and `grad_views.png` with all of them."""
+    paths = [plot_grad_view(stats, v, out_dir / f"grad_{v.view}.png") for v in stats.views]
+    return [*paths, plot_grad_views(stats, out_dir / "grad_views.png")]
