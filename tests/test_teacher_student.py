@@ -157,3 +157,15 @@ def test_mean_teacher_trains_and_resume_restores_the_teacher_exactly(tiny_config
     evals = [r for r in read_metrics(summary.run_dir / "metrics.jsonl") if r["type"] == "eval"]
     assert {"pseudo/precision50", "pseudo/recall50", "pseudo/pseudo_per_image", "pseudo/gt_per_image"} <= set(evals[-1])
     assert evals[-1]["pseudo/gt_per_image"] > 0
+
+
+def test_mean_teacher_with_zero_unsup_weight_trains_the_student_exactly_like_supervised(tiny_config):
+    """Guards against the unlabeled branch leaking into training by any other path."""
+    from tests.test_trainer import train
+
+    common = dict(schedule__iters=3, train__unlabeled_batch_size=2)
+    sup, _ = train(tiny_config(output__name="sup", **common))
+    mt, _ = train(tiny_config(output__name="mt0", method__name="mean_teacher", method__unsup_weight=0.0,
+                              method__score_thr=0.0, **common))
+    for (name, a), b in zip(sup.model.named_parameters(), mt.model.parameters()):
+        assert torch.allclose(a, b, atol=1e-6), name
