@@ -134,3 +134,11 @@ def test_two_process_gloo_ddp_run_trains_and_evaluates(tiny_data, tmp_path):
     assert not (tmp_path / "ddp-2").exists()  # one run folder, written by rank 0 only
     evals = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if '"eval"' in line]
     assert evals and evals[-1]["student/num_images"] == 6  # both ranks' predictions gathered
+
+
+def test_version_and_bare_command(cli):
+    from ssodkit import __version__
+
+    assert cli("--version").stdout.strip() == f"ssodkit {__version__}"
+    bare = cli()
+    assert "Usage" in bare.output and "train" in bare.output

@@ -31,6 +31,16 @@ def build_app() -> typer.Typer:
         add_completion=False,
         pretty_exceptions_enable=False,
     )
+    @app.callback(invoke_without_command=True)
+    def _root(
+        version: bool = typer.Option(False, "--version", help="Print the version and exit.", is_eager=True),
+    ) -> None:
+        if version:
+            from ssodkit import __version__
+
+            typer.echo(f"ssodkit {__version__}")
+            raise typer.Exit()
+
     for module_name in BUILTIN_COMMAND_MODULES:
         importlib.import_module(f"ssodkit.cli.{module_name}").register(app)
     get_plugin_manager().add_commands(app)
