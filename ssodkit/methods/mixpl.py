@@ -21,7 +21,6 @@ from ssodkit.errors import ConfigError
 from ssodkit.methods.base import ModelHandle, ViewBatch, prefixed
 from ssodkit.methods.teacher_student import TeacherStudent, TeacherStudentParams
 from ssodkit.mixing import MixItem, erase_and_filter, filter_scores, pseudo_mixup, pseudo_mosaic
-from ssodkit.pseudo.labels import project_detections
 
 MOSAIC_SOURCES = 4
 
@@ -133,14 +132,8 @@ class MixPL(TeacherStudent):
     ) -> dict[str, Tensor]:
         p: MixPLParams = self.params
         weak, strong = unlabeled["weak"], unlabeled["strong"]
-        detections = self.teacher_predict(teacher, weak)  # all scores: thresholded after mixing
-        projected = [
-            project_detections(
-                det, weak.matrices[i], strong.matrices[i], tuple(strong.images[i].shape[-2:]),
-                strong.extras[i].get("erased") if strong.extras else None, p.drop_covered,
-            )
-            for i, det in enumerate(detections)
-        ]
+        # every score is kept: the threshold comes after mixing
+        projected = self.project_all(self.teacher_predict(teacher, weak), weak, strong)
         fresh = [MixItem.from_detections(img, det) for img, det in zip(strong.images, projected)]
         current = [self._erase(i) for i in fresh] if p.erase else fresh
         ready = self.cache_full

@@ -79,15 +79,19 @@ class TeacherStudent(Method):
         assert self.filters is not None, "check_detector() sets up the filters"
         return self.filters(PseudoLabels.from_detections(self.teacher_predict(teacher, weak)))
 
-    def project(self, pseudo: PseudoLabels, weak: ViewBatch, strong: ViewBatch) -> PseudoLabels:
-        """Weak-view pseudo boxes → strong view; images left empty get weight 0."""
-        projected = [
+    def project_all(self, detections: list[Detections], weak: ViewBatch, strong: ViewBatch) -> list[Detections]:
+        """Weak-view boxes → strong view (`M_s · M_w⁻¹`), minus boxes the strong view erased."""
+        return [
             project_detections(
                 det, weak.matrices[i], strong.matrices[i], tuple(strong.images[i].shape[-2:]),
                 strong.extras[i].get("erased") if strong.extras else None, self.params.drop_covered,
             )
-            for i, det in enumerate(pseudo.detections)
+            for i, det in enumerate(detections)
         ]
+
+    def project(self, pseudo: PseudoLabels, weak: ViewBatch, strong: ViewBatch) -> PseudoLabels:
+        """Weak-view pseudo boxes → strong view; images left empty get weight 0."""
+        projected = self.project_all(pseudo.detections, weak, strong)
         counts = torch.tensor([len(d) for d in projected], device=pseudo.weights.device)
         return PseudoLabels(projected, pseudo.weights * (counts > 0).float())
 
