@@ -91,11 +91,18 @@ class ScheduleConfig(_Section):
 
 class TrainConfig(_Section):
     batch_size: int = Field(8, gt=0, description="labeled images per step and device")
-    unlabeled_batch_size: int = Field(0, ge=0, description="unlabeled images per step and device")
+    unlabeled_batch_size: int | None = Field(
+        None, ge=0, description="unlabeled images per step and device; None = 4 × batch_size (1:4)"
+    )
     device: str = Field("auto", description="auto, cpu, cuda, cuda:N")
     amp: Literal["auto", "off", "fp16", "bf16"] = "auto"
     seed: int = 0
     log_interval: int = Field(10, gt=0)
+
+    @property
+    def unlabeled_per_step(self) -> int:
+        """Unlabeled images per step: the SSOD literature's 1:4 unless set."""
+        return 4 * self.batch_size if self.unlabeled_batch_size is None else self.unlabeled_batch_size
     checkpoint_interval: int = Field(200, gt=0)
     deterministic: bool = False
 

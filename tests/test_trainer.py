@@ -105,3 +105,20 @@ def test_a_run_refused_at_start_up_leaves_no_folder(tiny_config):
     with pytest.raises(CapabilityError):
         Trainer(cfg)
     assert not (cfg.output.runs_dir / "refused").exists()
+
+
+def test_a_semi_supervised_method_without_unlabeled_images_per_step_is_refused(tiny_config):
+    from ssodkit.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="train.unlabeled_batch_size = 0: method 'mean_teacher'"):
+        Trainer(tiny_config(method__name="mean_teacher", train__unlabeled_batch_size=0))
+
+
+def test_method_parameter_typos_are_refused_before_any_data_is_read(tiny_config):
+    from ssodkit.errors import ConfigError
+
+    cfg = tiny_config(method__name="mean_teacher", method__score_trh=0.5, output__name="typo")
+    cfg.data.train_ann = cfg.data.train_ann.parent / "does_not_exist.json"  # would fail later
+    with pytest.raises(ConfigError, match="unknown config key 'method.score_trh'; did you mean 'score_thr'"):
+        Trainer(cfg)
+    assert not (cfg.output.runs_dir / "typo").exists()

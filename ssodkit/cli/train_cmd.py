@@ -26,6 +26,7 @@ FLAG_KEYS = {
     "workers": "data.num_workers",
     "iters": "schedule.iters",
     "batch_size": "train.batch_size",
+    "unlabeled_batch_size": "train.unlabeled_batch_size",
     "lr": "optim.lr",
     "device": "train.device",
     "amp": "train.amp",
@@ -46,12 +47,13 @@ def train(
     val_ann: Annotated[Optional[Path], typer.Option(help="validation COCO JSON")] = None,
     val_images: Annotated[Optional[Path], typer.Option(help="image folder of --val-ann")] = None,
     unlabeled: Annotated[Optional[Path], typer.Option(help="unlabeled COCO JSON or image folder")] = None,
-    labeled_percent: Annotated[Optional[float], typer.Option(help="keep this %% of --train-ann labeled (COCO-standard split)")] = None,
+    labeled_percent: Annotated[Optional[float], typer.Option(help="keep this percentage of --train-ann labeled (COCO-standard split)")] = None,
     fold: Annotated[Optional[int], typer.Option(help="split fold (seed), 1..5 in the literature")] = None,
     skip_invalid: Annotated[Optional[bool], typer.Option("--skip-invalid/--no-skip-invalid", help="drop invalid COCO records instead of failing")] = None,
     workers: Annotated[Optional[int], typer.Option(help="data-loading worker processes")] = None,
     iters: Annotated[Optional[int], typer.Option(help="training iterations")] = None,
     batch_size: Annotated[Optional[int], typer.Option(help="labeled images per step and device")] = None,
+    unlabeled_batch_size: Annotated[Optional[int], typer.Option(help="unlabeled images per step and device (default 4 × batch size)")] = None,
     lr: Annotated[Optional[float], typer.Option(help="base learning rate")] = None,
     device: Annotated[Optional[str], typer.Option(help="auto, cpu, cuda, cuda:N")] = None,
     amp: Annotated[Optional[str], typer.Option(help="auto, off, fp16, bf16 (CUDA only)")] = None,
@@ -89,7 +91,7 @@ def train(
         summary = trainer.run()
         if trainer.dist.is_main:
             for role, result in summary.final.items():
-                console.print(results_table(result, title=f"{role} — val COCO bbox (iter {summary.iterations})"))
+                console.print(results_table(result, title=f"{role} — val COCO bbox (iter {summary.final_iter})"))
             primary = summary.final.get("teacher") or summary.final.get("student")
             if primary is not None:
                 console.print(per_class_table(primary))

@@ -206,9 +206,9 @@ class TrainData:
             self.repeat_factors,
         )
         unlabeled = None
-        if self.unlabeled_dataset is not None and self.cfg.train.unlabeled_batch_size > 0:
+        if self.unlabeled_dataset is not None and self.cfg.train.unlabeled_per_step > 0:
             unlabeled = self._stream(
-                self.unlabeled_dataset, len(self.unlabeled_dataset), self.cfg.train.unlabeled_batch_size,
+                self.unlabeled_dataset, len(self.unlabeled_dataset), self.cfg.train.unlabeled_per_step,
                 seed + UNLABELED_SEED_OFFSET, start_batch,
             )
         while True:

@@ -37,7 +37,7 @@ from ssodkit.engine.predict import autocast_context, evaluate_model
 from ssodkit.engine.progress import TrainProgress
 from ssodkit.engine.runtime import build_model, resolve_amp, resolve_device
 from ssodkit.engine.schedule import build_scheduler
-from ssodkit.errors import SsodkitError
+from ssodkit.errors import ConfigError, SsodkitError
 from ssodkit.evaluation.coco_eval import EvalResult
 from ssodkit.methods.base import Method, ModelHandle
 from ssodkit.plugins import get_registry
@@ -52,6 +52,7 @@ class TrainSummary:
     sec_per_iter: float
     final: dict[str, EvalResult] = field(default_factory=dict)  # "student"/"teacher" → metrics
     best: float | None = None
+    final_iter: int | None = None  # the iteration `final` was measured at
 
 
 def next_run_dir(runs_dir: Path, name: str) -> Path:
@@ -109,6 +110,7 @@ class Trainer:
             torch.use_deterministic_algorithms(True, warn_only=True)
 
         self.method_cls: type[Method] = get_registry().get("methods", cfg.method.name)
+        self._check_method_config(cfg)
         self.run_dir = resume if resume is not None else self._new_run_dir()
         try:
             self._set_up(cfg, resume)
@@ -116,6 +118,15 @@ class Trainer:
             if resume is None and self.dist.is_main:
                 self._remove_unused_run_dir()
             raise
+
+    def _check_method_config(self, cfg: RunConfig) -> None:
+        """Refuse what can be refused before any data is read (seconds, not minutes)."""
+        self.method_cls.from_config(cfg, ["_"])  # method parameters
+        if self.method_cls.unlabeled_views and cfg.train.unlabeled_per_step == 0:
+            raise ConfigError(
+                f"train.unlabeled_batch_size = 0: method '{cfg.method.name}' learns from unlabeled "
+                "images; give at least 1 (default 4 × batch_size)"
+            )
 
     def _remove_unused_run_dir(self) -> None:
         """A run that failed at start-up leaves no folder behind (nothing was trained)."""
@@ -325,6 +336,7 @@ class Trainer:
         start_iter, step_time = self.iteration, 0.0
         self._progress = TrainProgress(total_iters, self.iteration, self.dist.is_main, cfg.train.log_interval, self.console)
         final: dict[str, EvalResult] = {}
+        final_iter: int | None = None
         try:
             with self._progress:
                 while self.iteration < total_iters:
@@ -353,7 +365,7 @@ class Trainer:
                         window = {}
                     is_last = self.iteration == total_iters
                     if self.iteration % cfg.eval.interval == 0 or is_last:
-                        final = self.evaluate()
+                        final, final_iter = self.evaluate(), self.iteration
                         if self._record_eval(final):
                             self.save("best")
                     if self.iteration % cfg.train.checkpoint_interval == 0 or is_last:
@@ -369,6 +381,7 @@ class Trainer:
             skipped_steps=self.skipped_steps,
             # training steps only (data wait included; evaluation and checkpoints excluded)
             sec_per_iter=step_time / max(1, self.iteration - start_iter), final=final, best=self.best,
+            final_iter=final_iter,
         )
 
     def close(self) -> None:

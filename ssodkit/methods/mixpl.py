@@ -55,7 +55,7 @@ class MixPL(TeacherStudent):
 
     def __init__(self, params: MixPLParams, cfg: Any, class_names: list[str]) -> None:
         super().__init__(params, cfg, class_names)
-        n_u = cfg.train.unlabeled_batch_size
+        n_u = cfg.train.unlabeled_per_step
         if params.cache_size < n_u + MOSAIC_SOURCES:
             raise ConfigError(
                 f"method.cache_size = {params.cache_size}: must be ≥ unlabeled batch size + "
