@@ -220,3 +220,17 @@ def test_cli_refuses_soft_teacher_on_fcos_in_one_line(cli, tmp_path):
     assert result.exit_code == 2
     errors = [line for line in result.output.splitlines() if line.strip()]
     assert errors == [errors[0]] and errors[0].startswith("error: method 'soft_teacher' needs the two_stage capability")
+
+
+def test_teacher_side_filters_cannot_be_chained_as_plain_filters():
+    from ssodkit.config import build_config
+    from ssodkit.errors import ConfigError
+    from ssodkit.methods.mean_teacher import MeanTeacher
+    from ssodkit.pseudo.filters import build_filter_chain
+
+    for name in ("reliability", "box_jitter"):
+        cfg = build_config(None, {"method.name": "mean_teacher"}, [f"method.filters=[score, {name}]"])
+        method = MeanTeacher.from_config(cfg, ["a"])
+        method.params.score_thr = 0.5
+        with pytest.raises(ConfigError, match=f"method.filters: '{name}'"):
+            build_filter_chain(method.params.filters, method.params, ["a"])

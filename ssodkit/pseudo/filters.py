@@ -92,4 +92,13 @@ def build_filter_chain(names: Sequence[str], params: Any, class_names: list[str]
     from ssodkit.plugins import get_registry
 
     registry = get_registry()
-    return FilterChain([registry.get("filters", name)(params, class_names) for name in names])
+    filters = []
+    for name in names:
+        built = registry.get("filters", name)(params, class_names)
+        if not getattr(built, "standalone", True):
+            raise ConfigError(
+                f"method.filters: '{name}' works on the teacher's RoI head inside soft_teacher and "
+                "cannot be chained on its own; remove it from method.filters"
+            )
+        filters.append(built)
+    return FilterChain(filters)

@@ -55,6 +55,8 @@ class BoxJitter:
     unchanged: the regression target is the detection itself, not the jittered mean.
     """
 
+    standalone = False  # needs the teacher's RoI head: Soft Teacher applies it itself
+
     def __init__(self, times: int, scale: float, threshold: float) -> None:
         self.times = times
         self.scale = scale
@@ -109,6 +111,8 @@ class BackgroundReliability:
     clipped to the weak image) and scored there by the teacher's RoI head, as in the official
     `unsup_rcnn_cls_loss`; the student loss then divides by Σ weights.
     """
+
+    standalone = False  # weights the student's RoIs: Soft Teacher applies it itself
 
     def __call__(
         self, teacher: TeacherView, rois: list[Tensor], labels: Tensor, matrices: list[Tensor]
