@@ -164,7 +164,8 @@ def evaluate_checkpoint(
     from ssodkit.views.pipelines import eval_view
 
     dev = resolve_device(device)
-    model, cfg, classes = load_model_from_checkpoint(checkpoint, weights=weights, device=dev)
+    loaded = load_model_from_checkpoint(checkpoint, weights=weights, device=dev)
+    model, cfg, classes = loaded.model, loaded.cfg, loaded.classes
     coco = load_coco(ann, images, skip_invalid=skip_invalid, check_images="exists")
     check_same_classes(classes, coco.class_names, checkpoint, ann)
     dataset = EvalDataset(coco, eval_view(cfg.views))

@@ -121,34 +121,6 @@ def check_out(out: str | os.PathLike[str], *inputs: str | os.PathLike[str] | Non
 
 
 # --------------------------------------------------------------------------- running
-def _load_model(checkpoint: Path, weights: str, device: Any) -> tuple[Any, Any, list[str], list[int], str]:
-    """Model, config, classes, category ids and the weights used — the checkpoint read once.
-
-    Same construction as `runtime.load_model_from_checkpoint`, which does not tell whether
-    the teacher was there nor return the category ids; reading a large checkpoint twice
-    to learn them would double the start-up time.
-    """
-    from ssodkit.config import RunConfig
-    from ssodkit.engine.checkpoint import load_checkpoint
-    from ssodkit.engine.runtime import build_model
-
-    state = load_checkpoint(checkpoint)
-    try:
-        cfg = RunConfig.model_validate(state["config"])
-        classes = [str(c) for c in state["classes"]]
-    except Exception as exc:  # noqa: BLE001 - a config from another version
-        raise SsodkitError(f"{checkpoint}: cannot read its config or classes ({type(exc).__name__})") from None
-    cfg.detector.pretrained = False  # the checkpoint holds the weights; never download
-    cat_ids = [int(c) for c in state.get("index_to_cat_id") or range(1, len(classes) + 1)]
-    if len(cat_ids) != len(classes):
-        raise SsodkitError(f"{checkpoint}: {len(classes)} classes but {len(cat_ids)} category ids")
-    used = weights if state.get(weights) is not None else "student"
-    model = build_model(cfg, len(classes))
-    model.load_state_dict(state[used])
-    del state
-    return model.to(device).eval(), cfg, classes, cat_ids, used
-
-
 def _input_skips(coco: Any) -> list[SkippedImage]:
     """Images `load_unlabeled(skip_invalid=True)` dropped (category defects do not matter:
     the checkpoint's classes are used)."""
@@ -201,7 +173,12 @@ def pseudolabel(
     coco = load_unlabeled(images, image_root, skip_invalid=True, check_images="exists")
     skipped = _input_skips(coco)
     n_images = len(coco.images) + len(skipped)
-    model, cfg, classes, cat_ids, used = _load_model(checkpoint, weights, dev)
+    from ssodkit.engine.runtime import load_model_from_checkpoint
+
+    loaded = load_model_from_checkpoint(checkpoint, weights=weights, device=dev)
+    model, cfg, classes, cat_ids, used = (
+        loaded.model, loaded.cfg, loaded.classes, loaded.index_to_cat_id, loaded.weights
+    )
     dataset = EvalDataset(coco, eval_view(cfg.views))
 
     def on_error(index: int, exc: Exception) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -41,19 +42,36 @@ def build_model(cfg: RunConfig, num_classes: int) -> nn.Module:
     return build_detector(cfg.detector, num_classes)
 
 
+@dataclass
+class CheckpointModel:
+    """A checkpoint's model, ready for inference, and what describes it."""
+
+    model: nn.Module
+    cfg: RunConfig
+    classes: list[str]
+    index_to_cat_id: list[int]
+    weights: str  # the weights actually loaded: "teacher", or "student" when there is no teacher
+
+
 def load_model_from_checkpoint(
     path: Path, *, weights: str = "teacher", device: torch.device | str = "cpu"
-) -> tuple[nn.Module, RunConfig, list[str]]:
-    """The model of a checkpoint (teacher weights when it has a teacher), its config, classes."""
+) -> CheckpointModel:
+    """The model of a checkpoint (teacher weights when it has a teacher), read once."""
     from ssodkit.engine.checkpoint import load_checkpoint
 
-    state = load_checkpoint(path)
-    cfg = RunConfig.model_validate(state["config"])
-    cfg.detector.pretrained = False  # the checkpoint holds the weights; never download
-    classes: list[str] = list(state["classes"])
-    model = build_model(cfg, len(classes))
     if weights not in ("teacher", "student"):
         raise SsodkitError(f"weights must be 'teacher' or 'student', got {weights!r}")
-    chosen: dict[str, Any] | None = state.get(weights) if weights == "teacher" else state["student"]
-    model.load_state_dict(chosen if chosen is not None else state["student"])
-    return model.to(device).eval(), cfg, classes
+    state = load_checkpoint(path)
+    try:
+        cfg = RunConfig.model_validate(state["config"])
+        classes = [str(c) for c in state["classes"]]
+    except Exception as exc:  # noqa: BLE001 - a config from another version
+        raise SsodkitError(f"{path}: cannot read its config or classes ({type(exc).__name__})") from None
+    cfg.detector.pretrained = False  # the checkpoint holds the weights; never download
+    cat_ids = [int(c) for c in state.get("index_to_cat_id") or range(1, len(classes) + 1)]
+    if len(cat_ids) != len(classes):
+        raise SsodkitError(f"{path}: {len(classes)} classes but {len(cat_ids)} category ids")
+    used = weights if state.get(weights) is not None else "student"
+    model = build_model(cfg, len(classes))
+    model.load_state_dict(state[used])
+    return CheckpointModel(model.to(device).eval(), cfg, classes, cat_ids, used)

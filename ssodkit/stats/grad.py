@@ -386,7 +386,7 @@ def _pseudo_labels(
     if given is not None:
         empty = Detections.empty(num_classes)
         return [(_above(given.get(s.image_id, empty), thr), identity_matrix()) for s in sources]
-    teacher, _, _ = load_model_from_checkpoint(checkpoint, weights="teacher", device=device)
+    teacher = load_model_from_checkpoint(checkpoint, weights="teacher", device=device).model
     detections = _teacher_pseudo(teacher, sources, device, thr)
     return [(d, s.weak.matrix) for d, s in zip(detections, sources, strict=True)]
 
@@ -491,7 +491,8 @@ def gradient_density(
     coco = load_coco(ann, images, check_images="none")
     if not coco.images:
         raise DataError(f"{ann}: no images to analyse")
-    student, cfg, classes = load_model_from_checkpoint(checkpoint, weights="student", device=dev)
+    loaded = load_model_from_checkpoint(checkpoint, weights="student", device=dev)
+    student, cfg, classes = loaded.model, loaded.cfg, loaded.classes
     _check_dense(student, cfg.detector.name)
     check_same_classes(classes, coco.class_names, checkpoint, ann)
     if score_thr is None:
