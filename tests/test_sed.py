@@ -90,7 +90,8 @@ def _batch(images):
 
 @pytest.mark.parametrize("detector", ["fcos", "retinanet", "faster_rcnn"])
 def test_sed_step_has_finite_nonzero_terms_and_no_threshold(detector, tiny_config):
-    cfg = tiny_config(method__name="sed", detector__name=detector)
+    # every cell's box terms count (the default waits for target cells with p > 0.5)
+    cfg = tiny_config(method__name="sed", method__box_cell_weight="fg", detector__name=detector)
     method = SED.from_config(cfg, ["a", "b", "c"])
     student = build_detector(DetectorConfig(name=detector, backbone="resnet18", fpn_channels=64, head_convs=1), 3)
     method.check_detector(student)
@@ -117,3 +118,39 @@ def test_roi_terms_vanish_when_student_equals_target():
     terms = roi_terms(logits, deltas, logits, deltas, SEDParams())
     assert float(terms["roi_cls"]) == pytest.approx(0.0, abs=1e-6)
     assert float(terms["roi_box"]) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_fcos_head_forward_matches_torchvision_and_keeps_the_pre_relu_distances():
+    torch.manual_seed(0)
+    fcos = build_detector(DetectorConfig(name="fcos", backbone="resnet18", fpn_channels=64, head_convs=1), 3).eval()
+    _, features = fcos.batch([torch.rand(3, 128, 160)])
+    ours, reference = fcos.head_forward(features), fcos.head(features)
+    for key in ("cls_logits", "bbox_regression", "bbox_ctrness"):
+        assert torch.equal(ours[key], reference[key]), key
+    unbounded = ours["bbox_regression_unbounded"]
+    assert (unbounded < 0).any() and torch.equal(unbounded.clamp(min=0), ours["bbox_regression"])
+
+
+def test_fcos_box_distillation_reaches_cells_whose_relu_output_is_zero():
+    # L1 on post-ReLU distances never lifts a cell clamped to 0 back up (a ratchet that
+    # killed the whole regression branch within 3 steps on the synthetic set); SED compares
+    # the pre-activation instead.
+    box = torch.full((1, 1, 1, 1, 4), -1.0, requires_grad=True)
+    target_box = torch.full((1, 1, 1, 1, 4), 2.0)
+    logits = torch.full((1, 1, 1, 1, 3), 3.0)
+    pred = DenseOutputs([logits], [box.clamp(min=0)], None, [torch.zeros(1, 4)], [8], [(8, 8)], [box])
+    target = DenseOutputs([logits], [target_box], None, [torch.zeros(1, 4)], [8], [(8, 8)], [target_box])
+    dense_terms(pred, target, [(0, 0)], SEDParams())["box"].backward()
+    assert box.grad is not None and bool((box.grad < 0).all())  # descent raises the distances
+
+
+def test_box_terms_count_only_where_the_target_sees_an_object_by_default():
+    pred = dense_for((64, 64), lambda s, i, j: 0.0)
+    target = dense_for((64, 64), lambda s, i, j: -5.0)  # background everywhere (p ≈ 0.007)
+    for t in target.box_regression:
+        t += 1.0  # boxes disagree
+    assert float(dense_terms(pred, target, [(0, 0)], SEDParams())["box"]) == 0.0
+    assert float(dense_terms(pred, target, [(0, 0)], SEDParams(box_cell_weight="fg"))["box"]) > 0
+    target.cls_logits[0][0, 2, 3] = 4.0  # one confident cell
+    # L1 over 4 sides of |0 − 0.5|, weighted by p = σ(4), normalised by max(Σp, 1) = 1
+    assert float(dense_terms(pred, target, [(0, 0)], SEDParams())["box"]) == pytest.approx(2.0 * torch.sigmoid(torch.tensor(4.0)).item(), rel=1e-5)

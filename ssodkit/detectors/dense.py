@@ -22,6 +22,14 @@ class DenseOutputs:
     anchors: list[Tensor]  # per level [H*W*A, 4] in padded-batch pixels (same for all images)
     strides: list[int]
     image_sizes: list[tuple[int, int]]
+    # FCOS: the distances before the head's ReLU. Distilling post-ReLU outputs with L1 is a
+    # ratchet (a cell pushed to 0 gets no gradient back), so the whole branch dies; the
+    # pre-activation equals the distance wherever the box is real. None = `box_regression`.
+    box_regression_unbounded: list[Tensor] | None = None
+
+    def distillable_boxes(self) -> list[Tensor]:
+        """The box outputs to compare between views: unbounded where the head clamps."""
+        return self.box_regression_unbounded if self.box_regression_unbounded is not None else self.box_regression
 
     @property
     def num_levels(self) -> int:

@@ -28,6 +28,12 @@ from ssodkit.detectors.protocol import DENSE_OUTPUTS, PYRAMID, Detections, Targe
 ONE_STAGE_STRIDES = (8, 16, 32)  # P3-P5 from the backbone, P6-P7 from the FPN
 
 
+def _to_anchor_rows(x: Tensor, channels: int) -> Tensor:
+    """`[N, A·C, H, W]` → `[N, H·W·A, C]`, torchvision's head layout."""
+    n, _, h, w = x.shape
+    return x.view(n, -1, channels, h, w).permute(0, 3, 4, 1, 2).reshape(n, -1, channels)
+
+
 class OneStageDetector(DetectorBase):
     """Dense head on P3-P7; subclasses define matching, scoring and the head losses."""
 
@@ -54,7 +60,7 @@ class OneStageDetector(DetectorBase):
     ) -> tuple[list[tuple[int, int]], dict[str, Tensor], list[Tensor], list[int]]:
         """Head outputs `[N, A_total, C]` over all levels, anchors per image, anchors per level."""
         image_list, features = self.batch(images)
-        outputs = self.head(features)
+        outputs = self.head_forward(features)
         anchors = self.anchor_generator(image_list, features)
         per_level = [f.shape[-2] * f.shape[-1] * self.anchors_per_location for f in features]
         return image_list.image_sizes, outputs, anchors, per_level
@@ -62,12 +68,13 @@ class OneStageDetector(DetectorBase):
     def dense(self, images: list[Tensor]) -> DenseOutputs:
         """The head's raw outputs per level on the padded batch's anchor grid."""
         image_list, features = self.batch(images)
-        outputs = self.head(features)
+        outputs = self.head_forward(features)
         anchors = self.anchor_generator(image_list, features)[0]
         shapes = [(f.shape[-2], f.shape[-1]) for f in features]
         a = self.anchors_per_location
         per_level = [h * w * a for h, w in shapes]
         ctr = outputs.get("bbox_ctrness")
+        unbounded = outputs.get("bbox_regression_unbounded")
         return DenseOutputs(
             cls_logits=unflatten_levels(outputs["cls_logits"], shapes, a),
             box_regression=unflatten_levels(outputs["bbox_regression"], shapes, a),
@@ -75,7 +82,12 @@ class OneStageDetector(DetectorBase):
             anchors=list(anchors.split(per_level)),
             strides=list(self.strides),
             image_sizes=list(image_list.image_sizes),
+            box_regression_unbounded=None if unbounded is None else unflatten_levels(unbounded, shapes, a),
         )
+
+    def head_forward(self, features: list[Tensor]) -> dict[str, Tensor]:
+        """The head's outputs, `[N, A_total, C]` per key (subclasses may add keys)."""
+        return self.head(features)
 
     @property
     def anchors_per_location(self) -> int:
@@ -271,6 +283,23 @@ class FCOSDetector(OneStageDetector):
             idx[best < 1e-5] = -1
             matched.append(idx)
         return matched
+
+    def head_forward(self, features: list[Tensor]) -> dict[str, Tensor]:
+        """torchvision's FCOS head, step by step, so the distances before its ReLU are kept
+        too (`bbox_regression_unbounded`, which SED distils); outputs otherwise identical."""
+        regression_head = self.head.regression_head
+        unbounded, centerness = [], []
+        for level in features:
+            tower = regression_head.conv(level)
+            unbounded.append(_to_anchor_rows(regression_head.bbox_reg(tower), 4))
+            centerness.append(_to_anchor_rows(regression_head.bbox_ctrness(tower), 1))
+        raw = torch.cat(unbounded, dim=1)
+        return {
+            "cls_logits": self.head.classification_head(features),
+            "bbox_regression": F.relu(raw),
+            "bbox_ctrness": torch.cat(centerness, dim=1),
+            "bbox_regression_unbounded": raw,
+        }
 
     def class_scores(self, outputs: dict[str, Tensor]) -> Tensor:
         return torch.sqrt(outputs["cls_logits"].sigmoid() * outputs["bbox_ctrness"].sigmoid())
