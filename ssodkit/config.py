@@ -98,6 +98,10 @@ class TrainConfig(_Section):
     amp: Literal["auto", "off", "fp16", "bf16"] = "auto"
     seed: int = 0
     log_interval: int = Field(10, gt=0)
+    init_from: Path | None = Field(
+        None, description="start from this checkpoint's detector weights (teacher if it has one); "
+        "optimiser, schedule and iteration start fresh — e.g. SSOD from a supervised run"
+    )
 
     @property
     def unlabeled_per_step(self) -> int:

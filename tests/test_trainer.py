@@ -122,3 +122,20 @@ def test_method_parameter_typos_are_refused_before_any_data_is_read(tiny_config)
     with pytest.raises(ConfigError, match="unknown config key 'method.score_trh'; did you mean 'score_thr'"):
         Trainer(cfg)
     assert not (cfg.output.runs_dir / "typo").exists()
+
+
+def test_init_from_starts_student_and_teacher_from_a_checkpoint_and_refuses_another_detector(tiny_config):
+    from ssodkit.errors import ConfigError
+
+    _, first = train(tiny_config(schedule__iters=2, output__name="supervised"))
+    ckpt = first.run_dir / "checkpoints" / "last.pt"
+    weights = load_checkpoint(ckpt)["student"]
+    trainer = Trainer(tiny_config(method__name="mean_teacher", train__unlabeled_batch_size=2, train__init_from=str(ckpt)))
+    try:
+        for model in (trainer.model, trainer.teacher):
+            assert all(torch.equal(v, weights[k]) for k, v in model.state_dict().items())
+        assert trainer.iteration == 0
+    finally:
+        trainer.close()
+    with pytest.raises(ConfigError, match=r"train.init_from = .*detector differs .*head_convs 1 vs 2"):
+        Trainer(tiny_config(detector__head_convs=2, train__init_from=str(ckpt)))

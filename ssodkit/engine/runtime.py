@@ -53,6 +53,31 @@ class CheckpointModel:
     weights: str  # the weights actually loaded: "teacher", or "student" when there is no teacher
 
 
+_INFERENCE_ONLY = {"pretrained", "score_thresh", "nms_thresh", "detections_per_img", "topk_candidates"}
+
+
+def initial_weights(path: Path, cfg: RunConfig, classes: list[str]) -> dict[str, torch.Tensor]:
+    """The detector weights `train.init_from` names, checked against this run's detector
+    and classes so that a mismatch is one line, not a load_state_dict traceback."""
+    from ssodkit.engine.checkpoint import load_checkpoint
+
+    state = load_checkpoint(path)
+    try:
+        source = RunConfig.model_validate(state["config"])
+        source_classes = [str(c) for c in state["classes"]]
+    except Exception as exc:  # noqa: BLE001 - a config from another version
+        raise SsodkitError(f"train.init_from = {path}: cannot read its config or classes ({type(exc).__name__})") from None
+    if source_classes != classes:
+        raise ConfigError(f"train.init_from = {path}: its classes {source_classes} differ from this run's {classes}")
+    mine = cfg.detector.model_dump(exclude=_INFERENCE_ONLY)
+    theirs = source.detector.model_dump(exclude=_INFERENCE_ONLY)
+    differ = sorted(k for k in mine if mine[k] != theirs.get(k))
+    if differ:
+        pairs = ", ".join(f"{k} {theirs.get(k)!r} vs {mine[k]!r}" for k in differ)
+        raise ConfigError(f"train.init_from = {path}: detector differs from this run's ({pairs})")
+    return state["teacher"] if state.get("teacher") is not None else state["student"]
+
+
 def load_model_from_checkpoint(
     path: Path, *, weights: str = "teacher", device: torch.device | str = "cpu"
 ) -> CheckpointModel:

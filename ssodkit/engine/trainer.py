@@ -35,7 +35,7 @@ from ssodkit.engine.distributed import (
 from ssodkit.engine.metrics import MetricsLog
 from ssodkit.engine.predict import autocast_context, evaluate_model
 from ssodkit.engine.progress import TrainProgress
-from ssodkit.engine.runtime import build_model, resolve_amp, resolve_device
+from ssodkit.engine.runtime import build_model, initial_weights, resolve_amp, resolve_device
 from ssodkit.engine.schedule import build_scheduler
 from ssodkit.errors import ConfigError, SsodkitError
 from ssodkit.evaluation.coco_eval import EvalResult
@@ -141,6 +141,8 @@ class Trainer:
         self.classes = self.data.classes
 
         self.model = build_model(cfg, len(self.classes)).to(self.device)
+        if cfg.train.init_from is not None and resume is None:
+            self.model.load_state_dict(initial_weights(cfg.train.init_from, cfg, self.classes))
         check_capabilities(cfg.detector.name, self.model.capabilities, cfg.method.name, self.method_cls.requires)
         self.method = self.method_cls.from_config(cfg, self.classes)
         self.method.check_detector(self.model)
