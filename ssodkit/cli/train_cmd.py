@@ -31,6 +31,7 @@ FLAG_KEYS = {
     "device": "train.device",
     "amp": "train.amp",
     "seed": "train.seed",
+    "init_from": "train.init_from",
     "name": "output.name",
     "runs_dir": "output.runs_dir",
 }
@@ -58,6 +59,7 @@ def train(
     device: Annotated[Optional[str], typer.Option(help="auto, cpu, cuda, cuda:N")] = None,
     amp: Annotated[Optional[str], typer.Option(help="auto, off, fp16, bf16 (CUDA only)")] = None,
     seed: Annotated[Optional[int], typer.Option(help="random seed")] = None,
+    init_from: Annotated[Optional[Path], typer.Option(help="start from this checkpoint's detector weights (e.g. a supervised run's last.pt)")] = None,
     name: Annotated[Optional[str], typer.Option(help="run folder name under --runs-dir")] = None,
     runs_dir: Annotated[Optional[Path], typer.Option(help="where run folders go (default runs/)")] = None,
     set_: Annotated[Optional[list[str]], typer.Option("--set", help="override any config value: section.key=value")] = None,
