@@ -169,3 +169,18 @@ def test_mean_teacher_with_zero_unsup_weight_trains_the_student_exactly_like_sup
                               method__score_thr=0.0, **common))
     for (name, a), b in zip(sup.model.named_parameters(), mt.model.parameters()):
         assert torch.allclose(a, b, atol=1e-6), name
+
+
+def test_class_agnostic_nms_keeps_one_box_per_object_whatever_its_class():
+    from ssodkit.methods.teacher_student import TeacherStudentParams
+    from ssodkit.pseudo.filters import ClassAgnosticNMS, build_filter_chain
+
+    det = Detections(
+        boxes=torch.tensor([[0.0, 0, 10, 10], [0.5, 0, 10, 10], [20, 20, 30, 30], [20, 20, 30, 31]]),
+        scores=torch.tensor([0.6, 0.8, 0.5, 0.4]),
+        labels=torch.tensor([0, 1, 2, 2]),
+    )
+    kept = ClassAgnosticNMS(0.7)(PseudoLabels.from_detections([det])).detections[0]
+    assert kept.labels.tolist() == [1, 2] and kept.scores.tolist() == pytest.approx([0.8, 0.5])
+    chain = build_filter_chain(["score", "class_agnostic_nms"], TeacherStudentParams(score_thr=0.45), ["a", "b", "c"])
+    assert chain(PseudoLabels.from_detections([det])).counts == [2]

@@ -33,7 +33,11 @@ class TeacherStudentParams(BaseModel):
         None, ge=0, le=1, description="τ; None = the detector's default (CE 0.7, focal 0.4, FCOS 0.3)"
     )
     class_score_thr: dict[str, float] | None = Field(None, description="per-class τ by class name")
-    filters: list[str] = Field(default_factory=lambda: ["score", "empty_image"])
+    filters: list[str] = Field(
+        default_factory=lambda: ["score", "empty_image"],
+        description="pseudo-label filters in order (ssodkit plugins lists them; e.g. add class_agnostic_nms)",
+    )
+    agnostic_nms_iou: float = Field(0.7, gt=0, le=1, description="IoU of the class_agnostic_nms filter")
     drop_covered: float = Field(DROP_COVERED, ge=0, le=1, description="drop pseudo boxes this much erased")
     ema_momentum: float | None = Field(None, gt=0, le=1, description="constant m; None = max(m_min, γ/(γ+t))")
     ema_gamma: float = Field(4.0, gt=0)
