@@ -19,11 +19,15 @@ from pathlib import Path
 
 import torch
 
+from ssodkit.io import write_json_atomic
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "synthetic.json"
 
 
-def run_pair(pair: str, iters: int | None, device: str, overrides: list[str], runs_dir: Path) -> dict:
+def run_pair(
+    pair: str, iters: int | None, device: str, overrides: list[str], runs_dir: Path, init_from: Path | None = None
+) -> dict:
     from ssodkit.config import build_config
     from ssodkit.engine.trainer import Trainer
 
@@ -34,6 +38,8 @@ def run_pair(pair: str, iters: int | None, device: str, overrides: list[str], ru
         flags["schedule.iters"] = iters
         flags["schedule.warmup_iters"] = min(100, iters // 10)
         flags["eval.interval"] = iters
+    if init_from is not None:
+        flags["train.init_from"] = str(init_from)
     cfg = build_config(recipe, flags, overrides)
     trainer = Trainer(cfg)
     try:
@@ -62,7 +68,16 @@ def run_pair(pair: str, iters: int | None, device: str, overrides: list[str], ru
         "amp": str(trainer.amp_dtype) if trainer.amp_dtype else "off",
         "recipe": str(recipe.relative_to(ROOT)),
         "overrides": overrides,
+        **({"init_from": describe_init(init_from)} if init_from is not None else {}),
     }
+
+
+def describe_init(path: Path) -> dict:
+    """Where a continued run started: the checkpoint and how long it had trained."""
+    from ssodkit.engine.checkpoint import load_checkpoint
+
+    state = load_checkpoint(path)
+    return {"checkpoint": str(path), "iterations": int(state["iteration"]), "method": state["config"]["method"]["name"]}
 
 
 def print_table(results: dict) -> None:
@@ -85,14 +100,17 @@ def main() -> None:
     parser.add_argument("--iters", type=int, default=None, help="override the recipes' iterations")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--set", dest="overrides", action="append", default=[], help="config override for every pair")
+    parser.add_argument(
+        "--init-from", type=Path, default=None,
+        help="start every pair from this checkpoint (e.g. the supervised run's last.pt): SSOD after a burn-in",
+    )
     parser.add_argument("--runs-dir", type=Path, default=ROOT / "runs" / "benchmarks")
     parser.add_argument("--results", type=Path, default=RESULTS)
     args = parser.parse_args()
     results = json.loads(args.results.read_text()) if args.results.exists() else {}
     for pair in args.pairs:
-        results[pair] = run_pair(pair, args.iters, args.device, args.overrides, args.runs_dir)
-        args.results.parent.mkdir(parents=True, exist_ok=True)
-        args.results.write_text(json.dumps(results, indent=2) + "\n")  # after each pair: nothing lost
+        results[pair] = run_pair(pair, args.iters, args.device, args.overrides, args.runs_dir, args.init_from)
+        write_json_atomic(args.results, results)  # after each pair: nothing lost
         print(f"{pair}: mAP {100 * (results[pair]['map'] or 0):.1f}, {results[pair]['sec_per_iter']:.3f} s/it", flush=True)
     print_table(results)
 
