@@ -16,6 +16,12 @@ def pct(value: float | None) -> str:
     return "–" if value is None else f"{100 * value:.1f}"
 
 
+def iterations(r: dict) -> str:
+    """`1000+500` for a run continued from another's checkpoint (`--init-from`)."""
+    init = r.get("init_from")
+    return f"{init['iterations']}+{r['iters']}" if init else str(r["iters"])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--results", type=Path, default=RESULTS)
@@ -27,7 +33,7 @@ def main() -> None:
         print(
             f"| {key} | {pct(r['map'])} | {pct(r['map50'])} | {pct(r.get('map_small'))} | "
             f"{pct(r.get('map_medium'))} | {pct(r.get('map_large'))} | {pct(r.get('student_map'))} | "
-            f"{r['sec_per_iter']:.2f} | {r['iters']} | {r.get('device', '')} |"
+            f"{r['sec_per_iter']:.2f} | {iterations(r)} | {r.get('device', '')} |"
         )
 
 
