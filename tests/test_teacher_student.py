@@ -184,3 +184,17 @@ def test_class_agnostic_nms_keeps_one_box_per_object_whatever_its_class():
     assert kept.labels.tolist() == [1, 2] and kept.scores.tolist() == pytest.approx([0.8, 0.5])
     chain = build_filter_chain(["score", "class_agnostic_nms"], TeacherStudentParams(score_thr=0.45), ["a", "b", "c"])
     assert chain(PseudoLabels.from_detections([det])).counts == [2]
+
+
+@pytest.mark.parametrize("mode", ["freeze", "update"])
+def test_unlabeled_forwards_leave_batchnorm_running_statistics_alone_by_default(mode):
+    from ssodkit.methods.teacher_student import frozen_bn_statistics
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4)).train()
+    before = net[1].running_mean.clone()
+    with frozen_bn_statistics(net, mode == "freeze"):
+        out = net(torch.rand(2, 3, 8, 8) * 5)
+    assert out.mean(dim=(0, 2, 3)).abs().max() < 1e-5  # still normalised by the batch
+    assert torch.equal(net[1].running_mean, before) == (mode == "freeze")
+    assert net[1].momentum == 0.1  # restored

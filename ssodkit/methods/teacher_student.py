@@ -8,6 +8,8 @@ them on the strong view. Subclasses change the unsupervised loss, not this pipel
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any, ClassVar, Literal
 
 import torch
@@ -21,6 +23,27 @@ from ssodkit.pseudo.filters import FilterChain, build_filter_chain
 from ssodkit.pseudo.labels import DROP_COVERED, PseudoLabels, as_targets, project_detections
 
 DEFAULT_SCORE_THR = 0.5  # for detectors that do not declare their own
+
+
+@contextmanager
+def frozen_bn_statistics(module: nn.Module, enabled: bool = True) -> Iterator[None]:
+    """BatchNorm normalises with the batch's statistics but keeps its running ones.
+
+    The running statistics are what the teacher copies and what evaluation uses; fed by
+    strong views (solarised, inverted, erased) they stop describing real images. Measured on
+    the synthetic set: an Unbiased Teacher run's teacher scored 9.2 mAP with the statistics it
+    had copied from the student and 18.9 with the same weights and the supervised model's.
+    """
+    layers = [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    saved = [m.momentum for m in layers]
+    if enabled:
+        for m in layers:
+            m.momentum = 0.0  # running ← (1 − 0)·running + 0·batch
+    try:
+        yield
+    finally:
+        for m, momentum in zip(layers, saved):
+            m.momentum = momentum
 
 
 class TeacherStudentParams(BaseModel):
@@ -44,6 +67,9 @@ class TeacherStudentParams(BaseModel):
     ema_min_momentum: float = Field(2e-4, gt=0, le=1)
     ema_buffers: Literal["copy", "ema", "skip"] = "copy"
     burn_in: int = Field(0, ge=0, description="supervised-only iterations; teacher copies the student")
+    unlabeled_bn_stats: Literal["freeze", "update"] = Field(
+        "freeze", description="whether the student's forwards on unlabeled views update BatchNorm running statistics"
+    )
 
 
 class TeacherStudent(Method):
@@ -137,7 +163,8 @@ class TeacherStudent(Method):
         losses = self.supervised_loss(student, labeled)
         if it < self.params.burn_in or unlabeled is None or teacher is None:
             return losses
-        losses.update(self.unsupervised_loss(student, teacher, unlabeled, it))
+        with frozen_bn_statistics(student.module, self.params.unlabeled_bn_stats == "freeze"):
+            losses.update(self.unsupervised_loss(student, teacher, unlabeled, it))
         return losses
 
     def state_dict(self) -> dict[str, Any]:
