@@ -56,17 +56,21 @@ class CheckpointModel:
 _INFERENCE_ONLY = {"pretrained", "score_thresh", "nms_thresh", "detections_per_img", "topk_candidates"}
 
 
+def checkpoint_config(state: dict[str, Any], where: str) -> tuple[RunConfig, list[str]]:
+    """A checkpoint's run config and class names, or one line saying they cannot be read."""
+    try:
+        return RunConfig.model_validate(state["config"]), [str(c) for c in state["classes"]]
+    except Exception as exc:  # noqa: BLE001 - a config from another version
+        raise SsodkitError(f"{where}: cannot read its config or classes ({type(exc).__name__})") from None
+
+
 def initial_weights(path: Path, cfg: RunConfig, classes: list[str]) -> dict[str, torch.Tensor]:
     """The detector weights `train.init_from` names, checked against this run's detector
     and classes so that a mismatch is one line, not a load_state_dict traceback."""
     from ssodkit.engine.checkpoint import load_checkpoint
 
     state = load_checkpoint(path)
-    try:
-        source = RunConfig.model_validate(state["config"])
-        source_classes = [str(c) for c in state["classes"]]
-    except Exception as exc:  # noqa: BLE001 - a config from another version
-        raise SsodkitError(f"train.init_from = {path}: cannot read its config or classes ({type(exc).__name__})") from None
+    source, source_classes = checkpoint_config(state, f"train.init_from = {path}")
     if source_classes != classes:
         raise ConfigError(f"train.init_from = {path}: its classes {source_classes} differ from this run's {classes}")
     mine = cfg.detector.model_dump(exclude=_INFERENCE_ONLY)
@@ -87,11 +91,7 @@ def load_model_from_checkpoint(
     if weights not in ("teacher", "student"):
         raise SsodkitError(f"weights must be 'teacher' or 'student', got {weights!r}")
     state = load_checkpoint(path)
-    try:
-        cfg = RunConfig.model_validate(state["config"])
-        classes = [str(c) for c in state["classes"]]
-    except Exception as exc:  # noqa: BLE001 - a config from another version
-        raise SsodkitError(f"{path}: cannot read its config or classes ({type(exc).__name__})") from None
+    cfg, classes = checkpoint_config(state, str(path))
     cfg.detector.pretrained = False  # the checkpoint holds the weights; never download
     cat_ids = [int(c) for c in state.get("index_to_cat_id") or range(1, len(classes) + 1)]
     if len(cat_ids) != len(classes):
