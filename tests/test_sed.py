@@ -152,5 +152,9 @@ def test_box_terms_count_only_where_the_target_sees_an_object_by_default():
     assert float(dense_terms(pred, target, [(0, 0)], SEDParams())["box"]) == 0.0
     assert float(dense_terms(pred, target, [(0, 0)], SEDParams(box_cell_weight="fg"))["box"]) > 0
     target.cls_logits[0][0, 2, 3] = 4.0  # one confident cell
-    # L1 over 4 sides of |0 − 0.5|, weighted by p = σ(4), normalised by max(Σp, 1) = 1
-    assert float(dense_terms(pred, target, [(0, 0)], SEDParams())["box"]) == pytest.approx(2.0 * torch.sigmoid(torch.tensor(4.0)).item(), rel=1e-5)
+    # L1 over 4 sides of |0 − 0.5|, weighted by p = σ(4), normalised by max(Σp, floor):
+    # 8 cells per image by default, so one confident cell cannot weigh like a batch of them
+    p = torch.sigmoid(torch.tensor(4.0)).item()
+    assert float(dense_terms(pred, target, [(0, 0)], SEDParams())["box"]) == pytest.approx(2.0 * p / 8, rel=1e-5)
+    unfloored = SEDParams(min_box_cells_per_image=0)
+    assert float(dense_terms(pred, target, [(0, 0)], unfloored)["box"]) == pytest.approx(2.0 * p, rel=1e-5)
