@@ -505,3 +505,12 @@ def test_data_check_of_unparseable_file_raises_data_error(tmp_path):
     path.write_text("{")
     result = _cli("data", "check", "--ann", path)
     assert isinstance(result.exception, DataError)
+
+
+def test_commands_without_skip_invalid_point_to_data_check_instead(tmp_path, cli):
+    coco = _coco()
+    coco["annotations"].append({"id": 99, "image_id": 5, "category_id": 1, "bbox": [1, 1, -3, 4]})
+    ann = _write(tmp_path, coco)
+    result = cli("split", "--ann", str(ann), "--percent", "50", "--fold", "1", "--out", str(tmp_path / "splits"))
+    assert result.exit_code != 0
+    assert "ssodkit data check" in result.stderr and "--skip-invalid" not in result.stderr, result.stderr

@@ -63,10 +63,10 @@ def evaluate_predictions(ann: Path, predictions: Path, *, backend: str, out: Pat
     from ssodkit.evaluation.coco_eval import evaluate_coco
     from ssodkit.io import write_json_atomic
 
-    from ssodkit.data.coco import load_coco, load_results
+    from ssodkit.data.coco import CHECK_REMEDY, load_coco, load_results
 
     # Only boxes are scored, so the image files need not be present.
-    dataset = load_coco(ann, check_images="none")
+    dataset = load_coco(ann, check_images="none", remedy=CHECK_REMEDY)
     results = load_results(predictions, dataset)
     result = evaluate_coco(dataset.to_dict(), results, backend=backend)
     if out is not None:

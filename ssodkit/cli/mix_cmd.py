@@ -234,9 +234,9 @@ def load_mix_inputs(
     image_root: Path | None = None,
 ) -> MixInputs:
     """Read the images (folder or COCO JSON) and validate the pseudo labels against them."""
-    from ssodkit.data.coco import load_results, load_unlabeled
+    from ssodkit.data.coco import CHECK_REMEDY, load_results, load_unlabeled
 
-    pool = load_unlabeled(images, image_root)
+    pool = load_unlabeled(images, image_root, remedy=CHECK_REMEDY)
     cats, category_source = _resolve_categories(pool, pseudo, categories)
     coco = CocoDataset(pool.images, [], cats, pool.source, pool.image_root)
     results = load_results(pseudo, coco)

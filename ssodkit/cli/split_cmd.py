@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from ssodkit.data.coco import load_coco
+from ssodkit.data.coco import CHECK_REMEDY, load_coco
 from ssodkit.data.splits import check_split_args, split_dataset, split_paths
 
 
@@ -26,7 +26,7 @@ def split(
 ) -> None:
     """Write `<stem>.<fold>@<percent>.json` (labeled) and `…-unlabeled.json` (the rest)."""
     check_split_args(percent, fold)
-    coco = load_coco(ann, check_images="none")
+    coco = load_coco(ann, check_images="none", remedy=CHECK_REMEDY)
     console = Console()
     for part, path in zip(
         split_dataset(coco, percent, fold), split_paths(ann, percent, fold, out), strict=True

@@ -267,14 +267,14 @@ def pseudo(
     Matching is COCOeval's (greedy by descending score, per image and class; a detection on a
     crowd region is neither TP nor FP), at IoU 0.5:0.95 and --iou.
     """
-    from ssodkit.data.coco import load_coco, load_results
+    from ssodkit.data.coco import CHECK_REMEDY, load_coco, load_results
     from ssodkit.io import write_json_atomic
     from ssodkit.stats.pseudo import compute_pseudo_stats
 
     score_thresholds = parse_thresholds(thresholds)
     if images is not None and not images.is_dir():
         raise DataError(f"{images}: not a folder of images")
-    coco = load_coco(gt, images, check_images="none")
+    coco = load_coco(gt, images, check_images="none", remedy=CHECK_REMEDY)
     results = load_results(pseudo_path, coco)
     stats = compute_pseudo_stats(
         coco, results, score_thr=score_thr, iou=iou, score_thresholds=score_thresholds
@@ -309,12 +309,12 @@ def data(
     plots: Annotated[Path | None, typer.Option("--plots", help="Write PNG figures here.")] = None,
 ) -> None:
     """Class and size profile of a COCO file and the Labeled Resampling factors it would get."""
-    from ssodkit.data.coco import load_coco
+    from ssodkit.data.coco import CHECK_REMEDY, load_coco
     from ssodkit.data.resampling import repeat_factor_table
     from ssodkit.io import write_json_atomic
     from ssodkit.stats.data import compute_data_stats
 
-    coco = load_coco(ann, check_images="none")
+    coco = load_coco(ann, check_images="none", remedy=CHECK_REMEDY)
     stats = compute_data_stats(coco, resampling_t=resampling_t)
     console = Console()
     for table in _data_tables(stats):

@@ -477,6 +477,10 @@ def _resolve_image_root(ann_path: Path, image_root: Path | None, images: list[Co
 
 
 # --------------------------------------------------------------------------- loaders
+SKIP_INVALID_REMEDY = " (pass --skip-invalid to drop them)"
+CHECK_REMEDY = " (`ssodkit data check` lists them; fix the file)"
+
+
 def load_coco(
     ann_path: str | os.PathLike[str],
     image_root: str | os.PathLike[str] | None = None,
@@ -484,6 +488,7 @@ def load_coco(
     skip_invalid: bool = False,
     check_images: ImageCheck = "exists",
     annotations_required: bool = True,
+    remedy: str = SKIP_INVALID_REMEDY,
 ) -> CocoDataset:
     """Read and validate a COCO instance file.
 
@@ -492,7 +497,8 @@ def load_coco(
     every image. `image_root` defaults to the first of `default_image_roots(ann_path)` that
     holds the first image. Defects raise one `DataError` listing them, unless
     `skip_invalid`, which drops them (an image takes its annotations along) and records the
-    counts in `.dropped` and the defects in `.defects`.
+    counts in `.dropped` and the defects in `.defects`. `remedy` ends the error message:
+    the flag that drops them where the command has one, else `CHECK_REMEDY`.
     """
     path = Path(ann_path)
     raw = read_json(path)
@@ -503,6 +509,7 @@ def load_coco(
         skip_invalid=skip_invalid,
         check_images=check_images,
         annotations_required=annotations_required,
+        remedy=remedy,
     )
 
 
@@ -514,6 +521,7 @@ def _build(
     skip_invalid: bool,
     check_images: ImageCheck,
     annotations_required: bool,
+    remedy: str = "",
 ) -> CocoDataset:
     raw = _top_level(raw, path, annotations_required)
     v = _Validator(path)
@@ -529,7 +537,7 @@ def _build(
             raise DataError(f"{path}: image root {image_root} is not a directory")
         bad_images |= _check_files(v, images, root, check_images)
     if v.defects and not skip_invalid:
-        raise v.error(" (pass --skip-invalid to drop them)")
+        raise v.error(remedy)
 
     kept_images = [img for img in images if img.id not in bad_images]
     kept_ids = {img.id for img in kept_images}
@@ -554,6 +562,7 @@ def load_unlabeled(
     *,
     skip_invalid: bool = False,
     check_images: ImageCheck = "exists",
+    remedy: str = SKIP_INVALID_REMEDY,
 ) -> CocoDataset:
     """Images without labels, from a COCO JSON (annotations ignored, categories kept) or a
     folder of images (searched recursively; ids 1..N in sorted relative-path order)."""
@@ -561,7 +570,7 @@ def load_unlabeled(
     if src.is_dir():
         if image_root is not None:
             raise DataError(f"{src}: an image root only applies to a JSON source")
-        return _scan_folder(src, skip_invalid=skip_invalid)
+        return _scan_folder(src, skip_invalid=skip_invalid, remedy=remedy)
     raw = read_json(src)
     if isinstance(raw, dict):
         raw = {k: val for k, val in raw.items() if k != "annotations"}
@@ -572,10 +581,11 @@ def load_unlabeled(
         skip_invalid=skip_invalid,
         check_images=check_images,
         annotations_required=False,
+        remedy=remedy,
     )
 
 
-def _scan_folder(folder: Path, *, skip_invalid: bool) -> CocoDataset:
+def _scan_folder(folder: Path, *, skip_invalid: bool, remedy: str = SKIP_INVALID_REMEDY) -> CocoDataset:
     files = sorted(
         (
             p.relative_to(folder).as_posix()
@@ -602,7 +612,7 @@ def _scan_folder(folder: Path, *, skip_invalid: bool) -> CocoDataset:
         else:
             images.append(CocoImage(id=image_id, file_name=name, width=size[0], height=size[1]))
     if v.defects and not skip_invalid:
-        raise v.error(" (pass --skip-invalid to drop them)")
+        raise v.error(remedy)
     dropped = {"images": len(v.defects), "annotations": 0, "categories": 0}
     return CocoDataset(images, [], [], folder, folder, dropped, v.defects)
 

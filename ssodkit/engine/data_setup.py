@@ -11,7 +11,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from ssodkit.config import RunConfig
-from ssodkit.data.coco import CocoDataset, load_coco, load_unlabeled
+from ssodkit.data.coco import CHECK_REMEDY, CocoDataset, load_coco, load_unlabeled
 from ssodkit.data.datasets import EvalDataset, LabeledDataset, UnlabeledDataset
 from ssodkit.data.sampler import InfiniteBatchSampler
 from ssodkit.data.splits import split_dataset
@@ -38,7 +38,7 @@ def hidden_ground_truth(src: Path | None, images: Path | None) -> CocoDataset | 
     if src is None or Path(src).is_dir():
         return None
     try:
-        coco = load_coco(src, images, check_images="none")
+        coco = load_coco(src, images, check_images="none", remedy=CHECK_REMEDY)
     except DataError:
         return None
     return coco if coco.annotations else None

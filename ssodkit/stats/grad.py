@@ -477,7 +477,7 @@ def gradient_density(
     teacher's predictions — an offline pseudo-label set, or a constructed case; τ still
     applies, and images missing from it get none. See the module docstring for definitions.
     """
-    from ssodkit.data.coco import load_coco
+    from ssodkit.data.coco import CHECK_REMEDY, load_coco
     from ssodkit.data.datasets import EvalDataset, identity_view
     from ssodkit.engine.predict import check_same_classes
     from ssodkit.engine.runtime import load_model_from_checkpoint, resolve_device
@@ -488,7 +488,7 @@ def gradient_density(
     if not Path(images).is_dir():
         raise DataError(f"{images}: not a folder of images")
     # only the first max_images are read, and each names its file if it cannot be
-    coco = load_coco(ann, images, check_images="none")
+    coco = load_coco(ann, images, check_images="none", remedy=CHECK_REMEDY)
     if not coco.images:
         raise DataError(f"{ann}: no images to analyse")
     loaded = load_model_from_checkpoint(checkpoint, weights="student", device=dev)
