@@ -190,3 +190,15 @@ def test_bad_input_is_one_line(change, message, fcos_checkpoint, tiny_data):
     assert result.exit_code == 2
     assert message in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_default_threshold_follows_the_runs_method_then_the_detector():
+    from ssodkit.config import build_config
+    from ssodkit.stats.grad import _run_param
+
+    ut = build_config(None, {"method.name": "unbiased_teacher"})
+    assert _run_param(ut, "score_thr", 0.3) == 0.7  # the method's own default
+    mt = build_config(None, {"method.name": "mean_teacher"})
+    assert _run_param(mt, "score_thr", 0.3) == 0.3  # no method default: the detector's
+    set_ = build_config(None, {"method.name": "mean_teacher", "method.score_thr": 0.55})
+    assert _run_param(set_, "score_thr", 0.3) == 0.55

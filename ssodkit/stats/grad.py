@@ -450,8 +450,17 @@ def _check_dense(model: nn.Module, detector: str) -> None:
 
 
 def _run_param(cfg: RunConfig, name: str, default: Any) -> Any:
-    """A pseudo-label setting as the run trained with it: its method's value, if it set one."""
+    """A pseudo-label setting as the run trained with it: set in its config, else its
+    method's own default (Unbiased Teacher's τ is 0.7), else `default` (the detector's)."""
     value = cfg.method.params.get(name)
+    if value is None:
+        try:
+            from ssodkit.plugins import get_registry
+
+            method = get_registry().get("methods", cfg.method.name)
+            value = getattr(method.Params.model_validate(cfg.method.params), name, None)
+        except Exception:  # noqa: BLE001 - a method no longer installed: fall back
+            value = None
     return default if value is None else value
 
 
