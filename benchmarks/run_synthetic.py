@@ -26,7 +26,8 @@ RESULTS = ROOT / "benchmarks" / "results" / "synthetic.json"
 
 
 def run_pair(
-    pair: str, iters: int | None, device: str, overrides: list[str], runs_dir: Path, init_from: Path | None = None
+    pair: str, iters: int | None, device: str, overrides: list[str], runs_dir: Path,
+    init_from: Path | None = None, init_info: dict | None = None,
 ) -> dict:
     from ssodkit.config import build_config
     from ssodkit.engine.trainer import Trainer
@@ -68,7 +69,7 @@ def run_pair(
         "amp": str(trainer.amp_dtype) if trainer.amp_dtype else "off",
         "recipe": str(recipe.relative_to(ROOT)),
         "overrides": overrides,
-        **({"init_from": describe_init(init_from)} if init_from is not None else {}),
+        **({"init_from": init_info} if init_info is not None else {}),
     }
 
 
@@ -108,8 +109,11 @@ def main() -> None:
     parser.add_argument("--results", type=Path, default=RESULTS)
     args = parser.parse_args()
     results = json.loads(args.results.read_text()) if args.results.exists() else {}
+    init_info = describe_init(args.init_from) if args.init_from is not None else None  # read once
     for pair in args.pairs:
-        results[pair] = run_pair(pair, args.iters, args.device, args.overrides, args.runs_dir, args.init_from)
+        results[pair] = run_pair(
+            pair, args.iters, args.device, args.overrides, args.runs_dir, args.init_from, init_info
+        )
         write_json_atomic(args.results, results)  # after each pair: nothing lost
         print(f"{pair}: mAP {100 * (results[pair]['map'] or 0):.1f}, {results[pair]['sec_per_iter']:.3f} s/it", flush=True)
     print_table(results)

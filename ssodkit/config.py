@@ -102,13 +102,13 @@ class TrainConfig(_Section):
         None, description="start from this checkpoint's detector weights (teacher if it has one); "
         "optimiser, schedule and iteration start fresh — e.g. SSOD from a supervised run"
     )
+    checkpoint_interval: int = Field(200, gt=0)
+    deterministic: bool = False
 
     @property
     def unlabeled_per_step(self) -> int:
         """Unlabeled images per step: the SSOD literature's 1:4 unless set."""
         return 4 * self.batch_size if self.unlabeled_batch_size is None else self.unlabeled_batch_size
-    checkpoint_interval: int = Field(200, gt=0)
-    deterministic: bool = False
 
 
 class EvalConfig(_Section):

@@ -50,7 +50,7 @@ from pydantic import BaseModel
 from torch import Tensor, nn
 
 from ssodkit.detectors.protocol import DENSE_OUTPUTS, Detections, Target
-from ssodkit.errors import CapabilityError, ConfigError, DataError, unknown_name
+from ssodkit.errors import CapabilityError, ConfigError, DataError, SsodkitError, unknown_name
 from ssodkit.mixing import MixItem, Placement, pseudo_mixup, pseudo_mosaic
 from ssodkit.pseudo.labels import DROP_COVERED, project_detections
 from ssodkit.views.geometry import MIN_BOX_SIZE, identity_matrix
@@ -454,12 +454,14 @@ def _run_param(cfg: RunConfig, name: str, default: Any) -> Any:
     method's own default (Unbiased Teacher's τ is 0.7), else `default` (the detector's)."""
     value = cfg.method.params.get(name)
     if value is None:
-        try:
-            from ssodkit.plugins import get_registry
+        from pydantic import ValidationError
 
+        from ssodkit.plugins import get_registry
+
+        try:
             method = get_registry().get("methods", cfg.method.name)
             value = getattr(method.Params.model_validate(cfg.method.params), name, None)
-        except Exception:  # noqa: BLE001 - a method no longer installed: fall back
+        except (SsodkitError, ValidationError):  # a method no longer installed, or changed: fall back
             value = None
     return default if value is None else value
 
