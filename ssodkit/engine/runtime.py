@@ -88,9 +88,16 @@ def load_model_from_checkpoint(
     """The model of a checkpoint (teacher weights when it has a teacher), read once."""
     from ssodkit.engine.checkpoint import load_checkpoint
 
+    return model_from_checkpoint_state(load_checkpoint(path), path, weights=weights, device=device)
+
+
+def model_from_checkpoint_state(
+    state: dict[str, Any], path: Path, *, weights: str = "teacher", device: torch.device | str = "cpu"
+) -> CheckpointModel:
+    """The model of an already-read checkpoint, so that a caller needing both the teacher
+    and the student reads a large file once; `path` only names it in errors."""
     if weights not in ("teacher", "student"):
         raise SsodkitError(f"weights must be 'teacher' or 'student', got {weights!r}")
-    state = load_checkpoint(path)
     cfg, classes = checkpoint_config(state, str(path))
     cfg.detector.pretrained = False  # the checkpoint holds the weights; never download
     cat_ids = [int(c) for c in state.get("index_to_cat_id") or range(1, len(classes) + 1)]

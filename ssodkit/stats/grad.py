@@ -376,17 +376,15 @@ def _teacher_pseudo(
 
 
 def _pseudo_labels(
-    checkpoint: Path, sources: Sequence[_Source], device: torch.device, thr: float,
+    load_teacher: Callable[[], nn.Module], sources: Sequence[_Source], device: torch.device, thr: float,
     given: Mapping[int, Detections] | None, num_classes: int,
 ) -> list[tuple[Detections, Tensor]]:
     """Per image, the pseudo labels and the matrix of the pixels they are in: the teacher's
-    weak view, or the original image for given pseudo labels."""
-    from ssodkit.engine.runtime import load_model_from_checkpoint
-
+    weak view, or the original image for given pseudo labels (the teacher is then never built)."""
     if given is not None:
         empty = Detections.empty(num_classes)
         return [(_above(given.get(s.image_id, empty), thr), identity_matrix()) for s in sources]
-    teacher = load_model_from_checkpoint(checkpoint, weights="teacher", device=device).model
+    teacher = load_teacher()
     detections = _teacher_pseudo(teacher, sources, device, thr)
     return [(d, s.weak.matrix) for d, s in zip(detections, sources, strict=True)]
 
@@ -491,7 +489,8 @@ def gradient_density(
     from ssodkit.data.coco import CHECK_REMEDY, load_coco
     from ssodkit.data.datasets import EvalDataset, identity_view
     from ssodkit.engine.predict import check_same_classes
-    from ssodkit.engine.runtime import load_model_from_checkpoint, resolve_device
+    from ssodkit.engine.checkpoint import load_checkpoint
+    from ssodkit.engine.runtime import model_from_checkpoint_state, resolve_device
 
     chosen = _check_args(views, score_thr, max_images, bins)
     checkpoint, ann = Path(checkpoint), Path(ann)
@@ -502,7 +501,8 @@ def gradient_density(
     coco = load_coco(ann, images, check_images="none", remedy=CHECK_REMEDY)
     if not coco.images:
         raise DataError(f"{ann}: no images to analyse")
-    loaded = load_model_from_checkpoint(checkpoint, weights="student", device=dev)
+    state = load_checkpoint(checkpoint)  # read once: the student now, the teacher below
+    loaded = model_from_checkpoint_state(state, checkpoint, weights="student", device=dev)
     student, cfg, classes = loaded.model, loaded.cfg, loaded.classes
     _check_dense(student, cfg.detector.name)
     check_same_classes(classes, coco.class_names, checkpoint, ann)
@@ -511,7 +511,11 @@ def gradient_density(
     thr = float(score_thr)
 
     sources = _load_sources(EvalDataset(coco.subset(coco.image_ids[:max_images]), identity_view), cfg, seed)
-    pseudo = _pseudo_labels(checkpoint, sources, dev, thr, pseudo_labels, len(classes))
+    def load_teacher() -> nn.Module:
+        return model_from_checkpoint_state(state, checkpoint, weights="teacher", device=dev).model
+
+    pseudo = _pseudo_labels(load_teacher, sources, dev, thr, pseudo_labels, len(classes))
+    del state
     fill = [round(255 * v) for v in student.transform.image_mean]  # MixPL fills with the mean
     samples = _student_samples(sources, pseudo, chosen, cfg, fill, seed)
     return GradStats(
