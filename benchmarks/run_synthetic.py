@@ -74,11 +74,20 @@ def run_pair(
 
 
 def describe_init(path: Path) -> dict:
-    """Where a continued run started: the checkpoint and how long it had trained."""
+    """Where a continued run started: the checkpoint, how long it had trained in all (its own
+    iterations plus those of the checkpoint it was itself initialised from, recursively)."""
     from ssodkit.engine.checkpoint import load_checkpoint
 
     state = load_checkpoint(path)
-    return {"checkpoint": str(path), "iterations": int(state["iteration"]), "method": state["config"]["method"]["name"]}
+    info = {"checkpoint": str(path), "iterations": int(state["iteration"]), "method": state["config"]["method"]["name"]}
+    parent = state["config"].get("train", {}).get("init_from")
+    if parent:
+        if Path(parent).is_file():
+            info["iterations"] += describe_init(Path(parent))["iterations"]
+            info["init_from"] = str(parent)
+        else:
+            info["note"] = f"its own init_from {parent} is gone; iterations count this checkpoint's only"
+    return info
 
 
 def print_table(results: dict) -> None:
