@@ -63,7 +63,7 @@ def run_pair(
         "sec_per_iter": summary.sec_per_iter,
         "logged_sec_per_iter_median": sorted(step_times)[len(step_times) // 2] if step_times else None,
         "iters": summary.iterations,
-        "labeled_percent": cfg.data.labeled_percent,
+        "labeled_percent": 100.0 if cfg.data.labeled_percent is None else cfg.data.labeled_percent,
         "wall_s": wall,
         "device": device_name,
         "amp": str(trainer.amp_dtype) if trainer.amp_dtype else "off",
