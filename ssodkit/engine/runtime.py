@@ -64,6 +64,11 @@ def checkpoint_config(state: dict[str, Any], where: str) -> tuple[RunConfig, lis
         raise SsodkitError(f"{where}: cannot read its config or classes ({type(exc).__name__})") from None
 
 
+def _weights_key(state: dict[str, Any], weights: str) -> str:
+    """The weights a checkpoint can give: the ones asked for, or the student's when it has no teacher."""
+    return weights if state.get(weights) is not None else "student"
+
+
 def initial_weights(path: Path, cfg: RunConfig, classes: list[str]) -> dict[str, torch.Tensor]:
     """The detector weights `train.init_from` names, checked against this run's detector
     and classes so that a mismatch is one line, not a load_state_dict traceback."""
@@ -79,7 +84,7 @@ def initial_weights(path: Path, cfg: RunConfig, classes: list[str]) -> dict[str,
     if differ:
         pairs = ", ".join(f"{k} {theirs.get(k)!r} vs {mine[k]!r}" for k in differ)
         raise ConfigError(f"train.init_from = {path}: detector differs from this run's ({pairs})")
-    return state["teacher"] if state.get("teacher") is not None else state["student"]
+    return state[_weights_key(state, "teacher")]
 
 
 def load_model_from_checkpoint(
@@ -103,7 +108,7 @@ def model_from_checkpoint_state(
     cat_ids = [int(c) for c in state.get("index_to_cat_id") or range(1, len(classes) + 1)]
     if len(cat_ids) != len(classes):
         raise SsodkitError(f"{path}: {len(classes)} classes but {len(cat_ids)} category ids")
-    used = weights if state.get(weights) is not None else "student"
+    used = _weights_key(state, weights)
     model = build_model(cfg, len(classes))
     model.load_state_dict(state[used])
     return CheckpointModel(model.to(device).eval(), cfg, classes, cat_ids, used)

@@ -19,7 +19,7 @@ from torch import Tensor, nn
 from ssodkit.detectors.protocol import Detections
 from ssodkit.engine.ema import EMA
 from ssodkit.methods.base import Method, ModelHandle, ViewBatch, prefixed
-from ssodkit.pseudo.filters import FilterChain, build_filter_chain
+from ssodkit.pseudo.filters import AGNOSTIC_NMS_IOU, FilterChain, build_filter_chain
 from ssodkit.pseudo.labels import DROP_COVERED, PseudoLabels, as_targets, project_detections
 
 DEFAULT_SCORE_THR = 0.5  # for detectors that do not declare their own
@@ -60,7 +60,7 @@ class TeacherStudentParams(BaseModel):
         default_factory=lambda: ["score", "empty_image"],
         description="pseudo-label filters in order (ssodkit plugins lists them; e.g. add class_agnostic_nms)",
     )
-    agnostic_nms_iou: float = Field(0.7, gt=0, le=1, description="IoU of the class_agnostic_nms filter")
+    agnostic_nms_iou: float = Field(AGNOSTIC_NMS_IOU, gt=0, le=1, description="IoU of the class_agnostic_nms filter")
     drop_covered: float = Field(DROP_COVERED, ge=0, le=1, description="drop pseudo boxes this much erased")
     ema_momentum: float | None = Field(None, gt=0, le=1, description="constant m; None = max(m_min, γ/(γ+t))")
     ema_gamma: float = Field(4.0, gt=0)

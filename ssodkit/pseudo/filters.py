@@ -50,6 +50,9 @@ class EmptyImageRule:
         return PseudoLabels(pseudo.detections, pseudo.weights * (counts > 0).float())
 
 
+AGNOSTIC_NMS_IOU = 0.7  # duplicates of one object overlap well above this
+
+
 class ClassAgnosticNMS:
     """One pseudo box per object: among boxes overlapping at IoU > `iou`, whatever their
     class, keep the highest-scoring. The detectors' own NMS is per class, so an object the
@@ -57,7 +60,7 @@ class ClassAgnosticNMS:
     set a 10%-supervised FCOS gives 28 boxes per image at τ = 0.3, 19 of them such
     duplicates (3.5 objects per image) — and the student is taught every class at once."""
 
-    def __init__(self, iou: float = 0.7) -> None:
+    def __init__(self, iou: float = AGNOSTIC_NMS_IOU) -> None:
         self.iou = iou
 
     def __call__(self, pseudo: PseudoLabels) -> PseudoLabels:
@@ -105,7 +108,7 @@ def empty_image_filter(params: Any, class_names: list[str]) -> EmptyImageRule:
 
 
 def class_agnostic_nms_filter(params: Any, class_names: list[str]) -> ClassAgnosticNMS:
-    return ClassAgnosticNMS(getattr(params, "agnostic_nms_iou", 0.7))
+    return ClassAgnosticNMS(getattr(params, "agnostic_nms_iou", AGNOSTIC_NMS_IOU))
 
 
 def build_filter_chain(names: Sequence[str], params: Any, class_names: list[str]) -> FilterChain:
