@@ -158,3 +158,41 @@ def test_box_terms_count_only_where_the_target_sees_an_object_by_default():
     assert float(dense_terms(pred, target, [(0, 0)], SEDParams())["box"]) == pytest.approx(2.0 * p / 8, rel=1e-5)
     unfloored = SEDParams(min_box_cells_per_image=0)
     assert float(dense_terms(pred, target, [(0, 0)], unfloored)["box"]) == pytest.approx(2.0 * p, rel=1e-5)
+
+
+@pytest.mark.parametrize("detector", ["fcos", "retinanet"])
+def test_giou_in_the_anchor_frame_equals_giou_of_the_decoded_boxes(detector):
+    # FCOS and RetinaNet train boxes with GIoU, so SED distils with it; comparing boxes in
+    # each cell's anchor frame must give exactly the GIoU of the boxes the detector decodes
+    from torchvision.ops import generalized_box_iou_loss
+
+    torch.manual_seed(0)
+    model = build_detector(DetectorConfig(name=detector, backbone="resnet18", fpn_channels=64, head_convs=1), 3).eval()
+    with torch.no_grad():
+        a, b = model.dense([torch.rand(3, 96, 128)]), model.dense([torch.rand(3, 96, 128)])
+    assert a.box_loss == "giou" and a.box_coding == ("ltrb" if detector == "fcos" else "deltas")
+    for level in range(a.num_levels):
+        for d in (a, b):  # proper boxes (random init predicts near-empty ones, where GIoU's eps dominates)
+            shape = d.box_regression[level].shape
+            d.box_regression[level] = torch.rand(shape) + 0.5 if detector == "fcos" else torch.randn(shape) * 0.5
+        in_frame = generalized_box_iou_loss(
+            a.boxes_in_anchor_frame(level).reshape(-1, 4), b.boxes_in_anchor_frame(level).reshape(-1, 4)
+        )
+        decoded = [model.decode(d.box_regression[level].reshape(-1, 4), a.anchors[level]) for d in (a, b)]
+        assert torch.allclose(in_frame, generalized_box_iou_loss(*decoded), atol=1e-4), level
+
+
+def test_box_terms_use_the_detectors_own_loss_and_vanish_where_boxes_agree():
+    pred = dense_for((64, 64), lambda s, i, j: 3.0)  # confident everywhere, boxes (0.3, …)
+    target = dense_for((64, 64), lambda s, i, j: 3.0)
+    pred.box_coding = target.box_coding = "ltrb"
+    pred.box_loss = target.box_loss = "giou"
+    assert float(dense_terms(pred, target, [(0, 0)], SEDParams())["box"]) == pytest.approx(0.0, abs=1e-6)
+    target.box_regression[0] *= 2.0  # the same cell's box, twice as large: IoU 1/4
+    p = torch.sigmoid(torch.tensor(3.0)).item()
+    giou = float(dense_terms(pred, target, [(0, 0)], SEDParams(min_box_cells_per_image=0))["box"])
+    assert giou == pytest.approx(0.75, rel=1e-4)  # 1 − IoU, no enclosing-box penalty (nested boxes)
+    l1 = float(dense_terms(pred, target, [(0, 0)], SEDParams(min_box_cells_per_image=0, box_loss="l1"))["box"])
+    assert l1 == pytest.approx(4 * 0.3, rel=1e-4) and p > 0.5
+    model = build_detector(DetectorConfig(name="faster_rcnn", backbone="resnet18", fpn_channels=64, head_convs=1), 3)
+    assert model.eval().dense([torch.rand(3, 64, 64)]).box_loss == "l1"  # the RPN's own loss is smooth L1

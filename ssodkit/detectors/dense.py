@@ -8,10 +8,15 @@ half size); U2PL-det and `stats grad` assign every cell with the detector's own 
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 from torch import Tensor
+
+
+BOX_EXP_CLAMP = math.log(1000.0 / 16)  # torchvision's BoxCoder clamp on dw, dh
 
 
 @dataclass
@@ -26,10 +31,24 @@ class DenseOutputs:
     # ratchet (a cell pushed to 0 gets no gradient back), so the whole branch dies; the
     # pre-activation equals the distance wherever the box is real. None = `box_regression`.
     box_regression_unbounded: list[Tensor] | None = None
+    # What the 4 box numbers are — (dx, dy, dw, dh) deltas or FCOS's (l, t, r, b) distances,
+    # both in anchor-size units — and the loss the detector trains them with. Distilling with
+    # the detector's own loss keeps the unsupervised box gradient on the supervised one's scale.
+    box_coding: Literal["deltas", "ltrb"] = "deltas"
+    box_loss: Literal["l1", "giou"] = "l1"
 
     def distillable_boxes(self) -> list[Tensor]:
         """The box outputs to compare between views: unbounded where the head clamps."""
         return self.box_regression_unbounded if self.box_regression_unbounded is not None else self.box_regression
+
+    def boxes_in_anchor_frame(self, level: int) -> Tensor:
+        """`[N, H, W, A, 4]` boxes (x1, y1, x2, y2) in units of the cell's anchor, centred on
+        it: what the detector would decode, up to the per-cell shift and scale that IoU ignores."""
+        box = self.box_regression[level]
+        if self.box_coding == "ltrb":
+            return torch.cat([-box[..., :2], box[..., 2:]], dim=-1)
+        centre, half = box[..., :2], 0.5 * box[..., 2:].clamp(max=BOX_EXP_CLAMP).exp()
+        return torch.cat([centre - half, centre + half], dim=-1)
 
     @property
     def num_levels(self) -> int:

@@ -8,6 +8,7 @@ outputs on a known anchor/point grid, which SED, U2PL-det and `stats grad` need.
 from __future__ import annotations
 
 from functools import partial
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -41,6 +42,8 @@ class OneStageDetector(DetectorBase):
     capabilities = frozenset({DENSE_OUTPUTS, PYRAMID})
     forward_modes = ("loss", "predict", "dense")
     strides = (8, 16, 32, 64, 128)  # P3-P7
+    box_coding: Literal["deltas", "ltrb"] = "deltas"  # what `DenseOutputs` says the box numbers are
+    box_loss: Literal["l1", "giou"] = "giou"  # both heads train their boxes with GIoU
 
     def __init__(
         self, num_classes: int, cfg: DetectorConfig, head: nn.Module, anchor_generator: AnchorGenerator
@@ -83,6 +86,8 @@ class OneStageDetector(DetectorBase):
             strides=list(self.strides),
             image_sizes=list(image_list.image_sizes),
             box_regression_unbounded=None if unbounded is None else unflatten_levels(unbounded, shapes, a),
+            box_coding=self.box_coding,
+            box_loss=self.box_loss,
         )
 
     def head_forward(self, features: list[Tensor]) -> dict[str, Tensor]:
@@ -246,6 +251,7 @@ class FCOSDetector(OneStageDetector):
     default_nms_thresh = 0.6
     default_pseudo_thr = 0.3  # score = sqrt(cls · centerness) runs lower still
     center_sampling_radius = 1.5
+    box_coding = "ltrb"
 
     def __init__(self, num_classes: int, cfg: DetectorConfig) -> None:
         base = cfg.anchor_size or 8

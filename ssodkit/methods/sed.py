@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, Field
 from torch import Tensor, nn
+from torchvision.ops import generalized_box_iou_loss
 
 from ssodkit.detectors.dense import DenseOutputs, crop_common, paired_levels
 from ssodkit.detectors.protocol import DENSE_OUTPUTS, TWO_STAGE
@@ -37,6 +38,11 @@ class SEDParams(TeacherStudentParams):
         "weights", description="divide by Σ weights, or by the number of target foreground cells"
     )
     box_weight: float = Field(1.0, ge=0, description="weight of the box (and centerness) terms")
+    box_loss: Literal["detector", "l1", "giou"] = Field(
+        "detector",
+        description="dense box terms: the detector's own box loss (GIoU for FCOS and RetinaNet, L1 for the RPN), "
+        "L1 on the anchor-normalised numbers, or GIoU",
+    )
     min_box_cells_per_image: float = Field(
         8.0, ge=0, description="floor of the box terms' normaliser, in foreground cells per image"
     )
@@ -97,6 +103,27 @@ def normalized(loss: Tensor, weight: Tensor, target_probs: Tensor, params: SEDPa
     return (weight * loss).sum() / denom
 
 
+def box_disagreement(
+    pred: DenseOutputs, target: DenseOutputs, l_pred: int, l_target: int, params: SEDParams
+) -> Tensor:
+    """Per-cell `[N, H, W, A]` box loss of `pred` level `l_pred` against `target` level `l_target`.
+
+    L1 on the anchor-normalised numbers is the spec's form and the RPN's own loss; FCOS and
+    RetinaNet train their boxes with GIoU, whose gradient is ~10× smaller per cell than L1's
+    on FCOS distances (in stride units, often 2–8), and L1 distillation at that scale undid
+    FCOS's supervised regression on the synthetic set (docs/methods/sed.md). GIoU is taken
+    between the boxes both decode in the cell's own anchor frame — IoU ignores the per-cell
+    shift and scale — so it is as scale-equivalent as the numbers themselves.
+    """
+    kind = pred.box_loss if params.box_loss == "detector" else params.box_loss
+    if kind == "giou":
+        t_box, p_box = crop_common(target.boxes_in_anchor_frame(l_target), pred.boxes_in_anchor_frame(l_pred))
+        flat = generalized_box_iou_loss(p_box.float().reshape(-1, 4), t_box.detach().float().reshape(-1, 4), reduction="none")
+        return flat.view(p_box.shape[:-1])
+    t_box, p_box = crop_common(target.distillable_boxes()[l_target], pred.distillable_boxes()[l_pred])
+    return (p_box.float() - t_box.detach().float()).abs().sum(-1)
+
+
 def dense_terms(
     pred: DenseOutputs, target: DenseOutputs, level_pairs: list[tuple[int, int]], params: SEDParams
 ) -> dict[str, Tensor]:
@@ -111,8 +138,7 @@ def dense_terms(
         cls_target.append(t_probs.flatten(0, -2))
         # box (and centerness) terms count where the target sees an object
         fg = box_cell_weights(t_probs.max(dim=-1).values, params)  # [N, H, W, A]
-        t_box, p_box = crop_common(target.distillable_boxes()[l_target], pred.distillable_boxes()[l_pred])
-        box_terms.append((fg * (p_box.float() - t_box.detach().float()).abs().sum(-1)).sum())
+        box_terms.append((fg * box_disagreement(pred, target, l_pred, l_target, params)).sum())
         box_norm.append(fg.sum())
         if pred.centerness is not None and target.centerness is not None:
             t_ctr, p_ctr = crop_common(target.centerness[l_target], pred.centerness[l_pred])
