@@ -196,3 +196,23 @@ def test_box_terms_use_the_detectors_own_loss_and_vanish_where_boxes_agree():
     assert l1 == pytest.approx(4 * 0.3, rel=1e-4) and p > 0.5
     model = build_detector(DetectorConfig(name="faster_rcnn", backbone="resnet18", fpn_channels=64, head_convs=1), 3)
     assert model.eval().dense([torch.rand(3, 64, 64)]).box_loss == "l1"  # the RPN's own loss is smooth L1
+
+
+def test_distill_weight_scales_only_the_distillation_terms(tiny_config):
+    torch.manual_seed(0)
+    student = build_detector(DetectorConfig(name="fcos", backbone="resnet18", fpn_channels=64, head_convs=1), 3)
+    teacher = copy.deepcopy(student).eval()
+    images = [torch.rand(3, 96, 128)]
+    labeled = ViewBatch(images, [{"boxes": torch.tensor([[10.0, 10, 60, 70]]), "labels": torch.tensor([2])}],
+                        [identity_matrix()], [0], [{}])
+    unlabeled = {"weak": _batch(images), "strong": _batch([images[0] * 0.8])}
+    runs = {}
+    for weight in (1.0, 0.25, 0.0):
+        cfg = tiny_config(method__name="sed", method__distill_weight=weight, method__box_cell_weight="fg")
+        with torch.no_grad():
+            runs[weight] = SED.from_config(cfg, ["a", "b", "c"]).step(ModelHandle(student), teacher, labeled, unlabeled, it=0)
+    for key in (k for k in runs[1.0] if k.startswith("unsup")):
+        for weight in (0.25, 0.0):
+            expected = float(runs[1.0][key]) * (weight if key.startswith("unsup_distill") else 1.0)
+            assert float(runs[weight][key]) == pytest.approx(expected, rel=1e-5, abs=1e-7), key
+    assert float(runs[1.0]["unsup_distill_cls"]) > 0 and float(runs[0.0]["unsup_scale_cls"]) > 0

@@ -27,8 +27,11 @@ FOREGROUND_PROB = 0.5  # a teacher cell with max class prob above this counts as
 
 
 class SEDParams(TeacherStudentParams):
-    unsup_weight: float = Field(1.0, ge=0, description="λ_u: L = L_s + λ_u·(L_distill + λ_s·L_scale)")
+    unsup_weight: float = Field(1.0, ge=0, description="λ_u: L = L_s + λ_u·(λ_d·L_distill + λ_s·L_scale)")
     scale_weight: float = Field(1.0, ge=0, description="λ_s")
+    distill_weight: float = Field(
+        1.0, ge=0, description="λ_d (1 in the paper); 0 trains scale consistency alone, which needs no teacher"
+    )
     gamma: float = Field(2.0, ge=0, description="re-weighting exponent of |p_target − p|")
     cls_loss: Literal["bce", "focal_bce"] = Field("bce", description="soft-target classification loss")
     weighting: Literal["focal", "teacher_fg", "none"] = Field(
@@ -210,7 +213,7 @@ class SED(TeacherStudent):
             s_dense: DenseOutputs = student("dense", strong.images)
             s_small: DenseOutputs = student("dense", half_size(strong.images))
             distill, scale = self.dense_pair_terms(t_dense, s_dense, s_small)
-        losses = {f"unsup_distill_{k}": p.unsup_weight * v for k, v in distill.items()}
+        losses = {f"unsup_distill_{k}": p.unsup_weight * p.distill_weight * v for k, v in distill.items()}
         losses.update({f"unsup_scale_{k}": p.unsup_weight * p.scale_weight * v for k, v in scale.items()})
         return losses
 
