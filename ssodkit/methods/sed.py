@@ -111,12 +111,13 @@ def box_disagreement(
 ) -> Tensor:
     """Per-cell `[N, H, W, A]` box loss of `pred` level `l_pred` against `target` level `l_target`.
 
-    L1 on the anchor-normalised numbers is the spec's form and the RPN's own loss; FCOS and
-    RetinaNet train their boxes with GIoU, whose gradient is ~10× smaller per cell than L1's
-    on FCOS distances (in stride units, often 2–8), and L1 distillation at that scale undid
-    FCOS's supervised regression on the synthetic set (docs/methods/sed.md). GIoU is taken
-    between the boxes both decode in the cell's own anchor frame — IoU ignores the per-cell
-    shift and scale — so it is as scale-equivalent as the numbers themselves.
+    L1 on the anchor-normalised numbers is the spec's form and the RPN's own loss. FCOS and
+    RetinaNet train their boxes with GIoU, whose gradient per coordinate is 7–30× smaller
+    than L1's on FCOS distances (stride units; 0.04–0.14 against 1 for a box 20 % too large,
+    4–16 strides across): L1 distillation drowned FCOS's supervised regression (15.0 mAP
+    against 27.5 with GIoU on the synthetic set, docs/methods/sed.md). GIoU is taken between
+    the boxes both decode in the cell's own anchor frame — IoU ignores the per-cell shift
+    and axis scaling — so it is as scale-equivalent as the numbers themselves.
     """
     kind = pred.box_loss if params.box_loss == "detector" else params.box_loss
     if kind == "giou":
