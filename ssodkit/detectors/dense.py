@@ -43,7 +43,7 @@ class DenseOutputs:
 
     def boxes_in_anchor_frame(self, level: int) -> Tensor:
         """`[N, H, W, A, 4]` boxes (x1, y1, x2, y2) in units of the cell's anchor, centred on
-        it: what the detector would decode, up to the per-cell shift and scale that IoU ignores."""
+        it: what the detector would decode, up to the per-cell shift and axis scaling IoU ignores."""
         box = self.box_regression[level]
         if self.box_coding == "ltrb":
             return torch.cat([-box[..., :2], box[..., 2:]], dim=-1)

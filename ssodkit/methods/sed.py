@@ -122,8 +122,10 @@ def box_disagreement(
     kind = pred.box_loss if params.box_loss == "detector" else params.box_loss
     if kind == "giou":
         t_box, p_box = crop_common(target.boxes_in_anchor_frame(l_target), pred.boxes_in_anchor_frame(l_pred))
-        flat = generalized_box_iou_loss(p_box.float().reshape(-1, 4), t_box.detach().float().reshape(-1, 4), reduction="none")
-        return flat.view(p_box.shape[:-1])
+        per_cell = generalized_box_iou_loss(
+            p_box.float().reshape(-1, 4), t_box.detach().float().reshape(-1, 4), reduction="none"
+        )
+        return per_cell.view(p_box.shape[:-1])
     t_box, p_box = crop_common(target.distillable_boxes()[l_target], pred.distillable_boxes()[l_pred])
     return (p_box.float() - t_box.detach().float()).abs().sum(-1)
 
