@@ -68,6 +68,7 @@ def run_pair(
         "device": device_name,
         "amp": str(trainer.amp_dtype) if trainer.amp_dtype else "off",
         "recipe": str(recipe.relative_to(ROOT)),
+        "run_dir": str(summary.run_dir),  # a rerun into the same --runs-dir gets a `-2` suffix
         "overrides": overrides,
         **({"init_from": init_info} if init_info is not None else {}),
     }
@@ -124,7 +125,8 @@ def main() -> None:
             pair, args.iters, args.device, args.overrides, args.runs_dir, args.init_from, init_info
         )
         write_json_atomic(args.results, results)  # after each pair: nothing lost
-        print(f"{pair}: mAP {100 * (results[pair]['map'] or 0):.1f}, {results[pair]['sec_per_iter']:.3f} s/it", flush=True)
+        row = results[pair]
+        print(f"{pair}: mAP {100 * (row['map'] or 0):.1f}, {row['sec_per_iter']:.3f} s/it, run {row['run_dir']}", flush=True)
     print_table(results)
 
 
