@@ -17,6 +17,8 @@ from torch import Tensor
 
 
 BOX_EXP_CLAMP = math.log(1000.0 / 16)  # torchvision's BoxCoder clamp on dw, dh
+BoxCoding = Literal["deltas", "ltrb"]  # (dx, dy, dw, dh) anchor deltas or FCOS's (l, t, r, b) distances
+BoxLoss = Literal["l1", "giou"]  # what the detector trains its box numbers with
 
 
 @dataclass
@@ -34,8 +36,8 @@ class DenseOutputs:
     # What the 4 box numbers are — (dx, dy, dw, dh) deltas or FCOS's (l, t, r, b) distances,
     # both in anchor-size units — and the loss the detector trains them with. Distilling with
     # the detector's own loss keeps the unsupervised box gradient on the supervised one's scale.
-    box_coding: Literal["deltas", "ltrb"] = "deltas"
-    box_loss: Literal["l1", "giou"] = "l1"
+    box_coding: BoxCoding = "deltas"
+    box_loss: BoxLoss = "l1"
 
     def distillable_boxes(self) -> list[Tensor]:
         """The box outputs to compare between views: unbounded where the head clamps."""

@@ -8,7 +8,6 @@ outputs on a known anchor/point grid, which SED, U2PL-det and `stats grad` need.
 from __future__ import annotations
 
 from functools import partial
-from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -23,7 +22,7 @@ from torchvision.ops import generalized_box_iou_loss, sigmoid_focal_loss
 from ssodkit.detectors.backbone import TimmFPN
 from ssodkit.detectors.base import DetectorBase, resolve_image_weights, validate_targets
 from ssodkit.detectors.config import DetectorConfig
-from ssodkit.detectors.dense import DenseOutputs, unflatten_levels
+from ssodkit.detectors.dense import BoxCoding, BoxLoss, DenseOutputs, unflatten_levels
 from ssodkit.detectors.protocol import DENSE_OUTPUTS, PYRAMID, Detections, Target
 
 ONE_STAGE_STRIDES = (8, 16, 32)  # P3-P5 from the backbone, P6-P7 from the FPN
@@ -42,8 +41,8 @@ class OneStageDetector(DetectorBase):
     capabilities = frozenset({DENSE_OUTPUTS, PYRAMID})
     forward_modes = ("loss", "predict", "dense")
     strides = (8, 16, 32, 64, 128)  # P3-P7
-    box_coding: Literal["deltas", "ltrb"] = "deltas"  # what `DenseOutputs` says the box numbers are
-    box_loss: Literal["l1", "giou"] = "giou"  # both heads train their boxes with GIoU
+    box_coding: BoxCoding = "deltas"  # what `DenseOutputs` says the box numbers are
+    box_loss: BoxLoss = "giou"  # both heads train their boxes with GIoU
 
     def __init__(
         self, num_classes: int, cfg: DetectorConfig, head: nn.Module, anchor_generator: AnchorGenerator
