@@ -216,3 +216,32 @@ def test_distill_weight_scales_only_the_distillation_terms(tiny_config):
             expected = float(runs[1.0][key]) * (weight if key.startswith("unsup_distill") else 1.0)
             assert float(runs[weight][key]) == pytest.approx(expected, rel=1e-5, abs=1e-7), key
     assert float(runs[1.0]["unsup_distill_cls"]) > 0 and float(runs[0.0]["unsup_scale_cls"]) > 0
+
+
+def test_sampling_detectors_terms_are_means_over_their_sample_count_like_their_own_losses():
+    from ssodkit.methods.sed import roi_terms
+
+    target = dense_for((64, 64), lambda s, i, j: 3.0, k=1, with_ctr=False)
+    pred = dense_for((64, 64), lambda s, i, j: 3.0, k=1, with_ctr=False)
+    pred.cls_logits[0][0, 0, 0] = -3.0  # one disagreeing cell
+    one = {n: float(dense_terms(pred, target, [(0, 0)], SEDParams(normalize=n))["cls"]) for n in ("detector", "weights")}
+    pred.cls_logits[0][0, 1, 1] = -3.0  # a second one, the same disagreement
+    two = {n: float(dense_terms(pred, target, [(0, 0)], SEDParams(normalize=n))["cls"]) for n in ("detector", "weights")}
+    # a head normalised by positives (RetinaNet, FCOS): Σ weights, a weighted mean — unchanged
+    assert two["weights"] == pytest.approx(one["weights"], rel=1e-5) and one["detector"] == pytest.approx(one["weights"])
+    # the RPN averages its loss over 256 sampled anchors per image: so does its distillation
+    pred.sampled_per_image = target.sampled_per_image = 256
+    terms = dense_terms(pred, target, [(0, 0)], SEDParams())
+    loss, weight = soft_cls_terms(torch.tensor([-3.0]), torch.sigmoid(torch.tensor([3.0])), SEDParams())
+    assert float(terms["cls"]) == pytest.approx(2 * float(loss * weight) / 256, rel=1e-5)
+    model = build_detector(DetectorConfig(name="faster_rcnn", backbone="resnet18", fpn_channels=64, head_convs=1), 3)
+    assert model.eval().dense([torch.rand(3, 64, 64)]).sampled_per_image == 256
+    # RoI terms: means over the RoIs, as the RoI head's losses are over its samples
+    logits, deltas = torch.randn(4, 4), torch.randn(4, 16)
+    other = logits.clone()
+    other[0] = -other[0]
+    single = roi_terms(other, deltas, logits, deltas, SEDParams())
+    padded = roi_terms(torch.cat([other, logits]), deltas.repeat(2, 1), torch.cat([logits, logits]), deltas.repeat(2, 1),
+                       SEDParams())  # four more RoIs on which both agree
+    assert float(padded["roi_cls"]) == pytest.approx(0.5 * float(single["roi_cls"]), rel=1e-5)
+    assert float(single["roi_cls"]) > 0

@@ -198,3 +198,25 @@ def test_unlabeled_forwards_leave_batchnorm_running_statistics_alone_by_default(
     assert out.mean(dim=(0, 2, 3)).abs().max() < 1e-5  # still normalised by the batch
     assert torch.equal(net[1].running_mean, before) == (mode == "freeze")
     assert net[1].momentum == 0.1  # restored
+
+
+@pytest.mark.parametrize("mode", ["freeze", "running", "update"])
+def test_unlabeled_batchnorm_modes_normalise_and_update_as_named(mode):
+    from ssodkit.methods.teacher_student import unlabeled_batchnorm
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4)).train()
+    net[1].running_mean.fill_(0.3)
+    before = net[1].running_mean.clone()
+    x = torch.rand(2, 3, 8, 8) * 5
+    with unlabeled_batchnorm(net, mode):
+        out = net(x)
+    with torch.no_grad():
+        as_evaluated = net.eval()(x) if mode != "update" else None
+    net.train()
+    batch_normalised = bool(out.mean(dim=(0, 2, 3)).abs().max() < 1e-5)
+    assert batch_normalised == (mode != "running")
+    if mode == "running":  # the output evaluation (and a teacher) would give on the same image
+        assert torch.allclose(out, as_evaluated, atol=1e-6)
+    assert torch.equal(net[1].running_mean, before) == (mode != "update")
+    assert net[1].training and net[1].momentum == 0.1  # restored

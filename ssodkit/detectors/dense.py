@@ -38,6 +38,11 @@ class DenseOutputs:
     # the detector's own loss keeps the unsupervised box gradient on the supervised one's scale.
     box_coding: BoxCoding = "deltas"
     box_loss: BoxLoss = "l1"
+    # How the detector's own classification loss is normalised: a mean over this many
+    # sampled cells per image (the RPN's 256 anchors), or None — over the number of positives
+    # (RetinaNet, FCOS). A distillation term over all cells must divide the same way, or its
+    # gradient dwarfs the supervised one (20–100× on the RPN with Σ weights, docs/methods/sed.md).
+    sampled_per_image: int | None = None
 
     def distillable_boxes(self) -> list[Tensor]:
         """The box outputs to compare between views: unbounded where the head clamps."""

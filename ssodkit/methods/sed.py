@@ -37,8 +37,11 @@ class SEDParams(TeacherStudentParams):
     weighting: Literal["focal", "teacher_fg", "none"] = Field(
         "focal", description="|p_t − p|^γ, the target's max class probability, or uniform"
     )
-    normalize: Literal["weights", "foreground"] = Field(
-        "weights", description="divide by Σ weights, or by the number of target foreground cells"
+    normalize: Literal["detector", "weights", "foreground"] = Field(
+        "detector",
+        description="divide each term as the detector divides its own loss (Σ weights where it divides by "
+        "positives — RetinaNet, FCOS; its sample count for the RPN and the RoI head), by Σ weights, or by "
+        "the number of target foreground cells",
     )
     box_weight: float = Field(1.0, ge=0, description="weight of the box (and centerness) terms")
     box_loss: Literal["detector", "l1", "giou"] = Field(
@@ -98,8 +101,14 @@ def box_cell_weights(fg_prob: Tensor, params: SEDParams) -> Tensor:
     return fg_prob
 
 
-def normalized(loss: Tensor, weight: Tensor, target_probs: Tensor, params: SEDParams) -> Tensor:
-    if params.normalize == "foreground":
+def normalized(
+    loss: Tensor, weight: Tensor, target_probs: Tensor, params: SEDParams, samples: int | None = None
+) -> Tensor:
+    """Σ weight·loss over the normaliser `params.normalize` names; `samples` is the number
+    of cells the detector's own loss averages over (None where it divides by positives)."""
+    if params.normalize == "detector" and samples is not None:
+        denom = torch.tensor(float(samples), device=loss.device)
+    elif params.normalize == "foreground":
         denom = (target_probs.detach().max(dim=-1).values > FOREGROUND_PROB).sum().clamp(min=1)
     else:
         denom = weight.sum().clamp(min=1e-6)
@@ -151,12 +160,17 @@ def dense_terms(
             ctr = soft_bce(p_ctr, t_ctr.detach().float().sigmoid()).squeeze(-1)
             ctr_terms.append((fg * ctr).sum())
     targets = torch.cat(cls_target)
-    out = {"cls": normalized(torch.cat(cls_loss), torch.cat(cls_weight), targets, params)}
+    num_images = pred.cls_logits[0].shape[0]
+    samples = pred.sampled_per_image * num_images if pred.sampled_per_image else None
+    out = {"cls": normalized(torch.cat(cls_loss), torch.cat(cls_weight), targets, params, samples)}
     # Like a detector's box loss, divided by the number of foreground cells — but never fewer
     # than a few per image: one or two confident cells must not carry the weight the
     # supervised loss spreads over a whole batch's positives (on FCOS they wrecked the
-    # regression: supervised GIoU loss 0.27 → 0.72 in 50 iterations).
-    floor = max(1.0, params.min_box_cells_per_image * pred.cls_logits[0].shape[0])
+    # regression: supervised GIoU loss 0.27 → 0.72 in 50 iterations). A sampling detector
+    # (the RPN) divides its box loss by all its samples, and so does this term.
+    floor = max(1.0, params.min_box_cells_per_image * num_images)
+    if params.normalize == "detector" and samples is not None:
+        floor = float(samples)
     denom = torch.stack(box_norm).sum().clamp(min=floor)
     out["box"] = params.box_weight * torch.stack(box_terms).sum() / denom
     if ctr_terms:
@@ -169,7 +183,8 @@ def roi_terms(
 ) -> dict[str, Tensor]:
     """RoI-head soft targets: KL between class distributions, re-weighted by their total
     variation distance^γ, and L1 between the deltas of the target's top foreground class,
-    weighted by the target's foreground probability."""
+    weighted by the target's foreground probability. With `normalize: detector` both are
+    means over the RoIs, as the RoI head's own losses are over its sampled RoIs."""
     t_probs = target_logits.detach().float().softmax(-1)
     log_p = pred_logits.float().log_softmax(-1)
     kl = (t_probs * (t_probs.clamp(min=1e-8).log() - log_p)).sum(-1)
@@ -177,13 +192,15 @@ def roi_terms(
     weight = distance.pow(params.gamma) if params.weighting == "focal" else t_probs[:, 1:].max(-1).values
     if params.weighting == "none":
         weight = torch.ones_like(kl)
-    cls = (weight * kl).sum() / weight.sum().clamp(min=1e-6)
+    num_rois = float(max(1, len(kl)))
+    cls = (weight * kl).sum() / (num_rois if params.normalize == "detector" else weight.sum().clamp(min=1e-6))
     fg_prob, fg_class = t_probs[:, 1:].max(-1)
     rows = torch.arange(len(fg_class), device=fg_class.device)
     cols = fg_class + 1  # column 0 is background
     p_box = pred_deltas.float().view(len(rows), -1, 4)[rows, cols]
     t_box = target_deltas.detach().float().view(len(rows), -1, 4)[rows, cols]
-    box = (fg_prob * (p_box - t_box).abs().sum(-1)).sum() / fg_prob.sum().clamp(min=1.0)
+    box_denom = num_rois if params.normalize == "detector" else fg_prob.sum().clamp(min=1.0)
+    box = (fg_prob * (p_box - t_box).abs().sum(-1)).sum() / box_denom
     return {"roi_cls": cls, "roi_box": params.box_weight * box}
 
 

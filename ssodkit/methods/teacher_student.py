@@ -26,6 +26,30 @@ DEFAULT_SCORE_THR = 0.5  # for detectors that do not declare their own
 
 
 @contextmanager
+def unlabeled_batchnorm(module: nn.Module, mode: str) -> Iterator[None]:
+    """How the student's BatchNorm layers treat the unlabeled forwards (`unlabeled_bn_stats`).
+
+    `freeze`: batch statistics, running ones untouched (`frozen_bn_statistics`); `running`:
+    normalise with the running statistics too, as the teacher does in eval mode — so a
+    student that agrees with its teacher also *outputs* the same on the same image (with
+    batch statistics the distillation target moves with every batch's composition: on the
+    synthetic set half of SED's FCOS distillation loss at step 0 was that difference alone,
+    docs/methods/sed.md); `update`: plain training mode.
+    """
+    layers = [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    was_training = [m.training for m in layers]
+    if mode == "running":
+        for m in layers:
+            m.eval()
+    try:
+        with frozen_bn_statistics(module, mode == "freeze"):
+            yield
+    finally:
+        for m, training in zip(layers, was_training):
+            m.train(training)
+
+
+@contextmanager
 def frozen_bn_statistics(module: nn.Module, enabled: bool = True) -> Iterator[None]:
     """BatchNorm normalises with the batch's statistics but keeps its running ones.
 
@@ -67,8 +91,10 @@ class TeacherStudentParams(BaseModel):
     ema_min_momentum: float = Field(2e-4, gt=0, le=1)
     ema_buffers: Literal["copy", "ema", "skip"] = "copy"
     burn_in: int = Field(0, ge=0, description="supervised-only iterations; teacher copies the student")
-    unlabeled_bn_stats: Literal["freeze", "update"] = Field(
-        "freeze", description="whether the student's forwards on unlabeled views update BatchNorm running statistics"
+    unlabeled_bn_stats: Literal["freeze", "running", "update"] = Field(
+        "freeze",
+        description="student BatchNorm on unlabeled views: batch statistics without updating the running ones "
+        "(freeze), the running statistics as in eval mode (running), or plain training mode (update)",
     )
 
 
@@ -163,7 +189,7 @@ class TeacherStudent(Method):
         losses = self.supervised_loss(student, labeled)
         if it < self.params.burn_in or unlabeled is None or teacher is None:
             return losses
-        with frozen_bn_statistics(student.module, self.params.unlabeled_bn_stats == "freeze"):
+        with unlabeled_batchnorm(student.module, self.params.unlabeled_bn_stats):
             losses.update(self.unsupervised_loss(student, teacher, unlabeled, it))
         return losses
 
