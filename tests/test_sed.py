@@ -245,3 +245,28 @@ def test_sampling_detectors_terms_are_means_over_their_sample_count_like_their_o
                        SEDParams())  # four more RoIs on which both agree
     assert float(padded["roi_cls"]) == pytest.approx(0.5 * float(single["roi_cls"]), rel=1e-5)
     assert float(single["roi_cls"]) > 0
+
+
+def test_rpn_and_roi_weights_scale_only_their_own_terms(tiny_config):
+    torch.manual_seed(0)
+    student = build_detector(DetectorConfig(name="faster_rcnn", backbone="resnet18", fpn_channels=64, head_convs=1), 3)
+    teacher = copy.deepcopy(student).eval()
+    images = [torch.rand(3, 96, 128)]
+    labeled = ViewBatch(images, [{"boxes": torch.tensor([[10.0, 10, 60, 70]]), "labels": torch.tensor([2])}],
+                        [identity_matrix()], [0], [{}])
+    unlabeled = {"weak": _batch(images), "strong": _batch([images[0] * 0.8])}
+    runs = {}
+    for rpn, roi in ((1.0, 1.0), (0.5, 1.0), (1.0, 0.0)):
+        cfg = tiny_config(method__name="sed", detector__name="faster_rcnn", method__rpn_weight=rpn,
+                          method__roi_weight=roi, method__box_cell_weight="fg")
+        method = SED.from_config(cfg, ["a", "b", "c"])
+        method.check_detector(student)
+        with torch.no_grad():
+            torch.manual_seed(1)
+            runs[rpn, roi] = method.step(ModelHandle(student), teacher, labeled, unlabeled, it=0)
+    for key in (k for k in runs[1.0, 1.0] if k.startswith("unsup")):
+        is_roi = "_roi_" in key
+        full = float(runs[1.0, 1.0][key])
+        assert float(runs[0.5, 1.0][key]) == pytest.approx(full if is_roi else 0.5 * full, rel=1e-4, abs=1e-7), key
+        assert float(runs[1.0, 0.0][key]) == pytest.approx(0.0 if is_roi else full, rel=1e-4, abs=1e-7), key
+    assert float(runs[1.0, 1.0]["unsup_distill_roi_cls"]) > 0

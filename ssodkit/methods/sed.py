@@ -57,6 +57,8 @@ class SEDParams(TeacherStudentParams):
         description="per-cell weight of the box terms from the target's max class prob p: p·[p > 0.5], p, or p²",
     )
     roi_per_image: int = Field(256, gt=0, description="two-stage: proposals per image for the RoI terms")
+    rpn_weight: float = Field(1.0, ge=0, description="two-stage: factor of the RPN's terms (0 = RoI-head terms only)")
+    roi_weight: float = Field(1.0, ge=0, description="two-stage: factor of the RoI-head terms (0 = RPN terms only)")
     filters: list[str] = Field(default_factory=list, description="SED uses no hard threshold")
 
 
@@ -204,6 +206,10 @@ def roi_terms(
     return {"roi_cls": cls, "roi_box": params.box_weight * box}
 
 
+def scaled(terms: dict[str, Tensor], factor: float) -> dict[str, Tensor]:
+    return {k: factor * v for k, v in terms.items()}
+
+
 def half_size(images: list[Tensor]) -> list[Tensor]:
     """The strong view down-sampled by exactly 2 (antialiased), s↓."""
     return [
@@ -262,17 +268,22 @@ class SED(TeacherStudent):
             t_roi = teacher("roi_outputs", t_feats, t_boxes, t_list.image_sizes)
         s_list, s_feats = student("features", strong)
         m_list, m_feats = student("features", half_size(strong))
-        distill, scale = self.dense_pair_terms(
-            t_rpn, student("rpn_dense", s_list, s_feats), student("rpn_dense", m_list, m_feats)
+        p = self.params
+        distill, scale = (
+            scaled(terms, p.rpn_weight)
+            for terms in self.dense_pair_terms(
+                t_rpn, student("rpn_dense", s_list, s_feats), student("rpn_dense", m_list, m_feats)
+            )
         )
-        distill.update(roi_terms(*student("roi_outputs", s_feats, t_boxes, s_list.image_sizes), *t_roi, self.params))
+        s_roi = student("roi_outputs", s_feats, t_boxes, s_list.image_sizes)
+        distill.update(scaled(roi_terms(*s_roi, *t_roi, p), p.roi_weight))
         with torch.no_grad():
             s_boxes = student("proposals", s_list, s_feats)
             m_boxes = student("proposals", m_list, m_feats)
         union = [torch.cat([a[:k], 2.0 * b[:k]]) for a, b in zip(s_boxes, m_boxes)]
         large = student("roi_outputs", s_feats, union, s_list.image_sizes)
         small = student("roi_outputs", m_feats, [0.5 * u for u in union], m_list.image_sizes)
-        scale.update(roi_terms(*small, *large, self.params))
+        scale.update(scaled(roi_terms(*small, *large, p), p.roi_weight))
         return distill, scale
 
     def record_soft_stats(self, teacher_dense: DenseOutputs) -> None:
