@@ -198,14 +198,19 @@ def test_box_terms_use_the_detectors_own_loss_and_vanish_where_boxes_agree():
     assert model.eval().dense([torch.rand(3, 64, 64)]).box_loss == "l1"  # the RPN's own loss is smooth L1
 
 
-def test_distill_weight_scales_only_the_distillation_terms(tiny_config):
+def _student_teacher_and_views(detector: str):
+    """A seeded student, its teacher copy, one labeled view, and weak/strong views of one unlabeled image."""
     torch.manual_seed(0)
-    student = build_detector(DetectorConfig(name="fcos", backbone="resnet18", fpn_channels=64, head_convs=1), 3)
+    student = build_detector(DetectorConfig(name=detector, backbone="resnet18", fpn_channels=64, head_convs=1), 3)
     teacher = copy.deepcopy(student).eval()
     images = [torch.rand(3, 96, 128)]
     labeled = ViewBatch(images, [{"boxes": torch.tensor([[10.0, 10, 60, 70]]), "labels": torch.tensor([2])}],
                         [identity_matrix()], [0], [{}])
-    unlabeled = {"weak": _batch(images), "strong": _batch([images[0] * 0.8])}
+    return student, teacher, labeled, {"weak": _batch(images), "strong": _batch([images[0] * 0.8])}
+
+
+def test_distill_weight_scales_only_the_distillation_terms(tiny_config):
+    student, teacher, labeled, unlabeled = _student_teacher_and_views("fcos")
     runs = {}
     for weight in (1.0, 0.25, 0.0):
         cfg = tiny_config(method__name="sed", method__distill_weight=weight, method__box_cell_weight="fg")
@@ -248,13 +253,7 @@ def test_sampling_detectors_terms_are_means_over_their_sample_count_like_their_o
 
 
 def test_rpn_and_roi_weights_scale_only_their_own_terms(tiny_config):
-    torch.manual_seed(0)
-    student = build_detector(DetectorConfig(name="faster_rcnn", backbone="resnet18", fpn_channels=64, head_convs=1), 3)
-    teacher = copy.deepcopy(student).eval()
-    images = [torch.rand(3, 96, 128)]
-    labeled = ViewBatch(images, [{"boxes": torch.tensor([[10.0, 10, 60, 70]]), "labels": torch.tensor([2])}],
-                        [identity_matrix()], [0], [{}])
-    unlabeled = {"weak": _batch(images), "strong": _batch([images[0] * 0.8])}
+    student, teacher, labeled, unlabeled = _student_teacher_and_views("faster_rcnn")
     runs = {}
     for rpn, roi in ((1.0, 1.0), (0.5, 1.0), (1.0, 0.0)):
         cfg = tiny_config(method__name="sed", detector__name="faster_rcnn", method__rpn_weight=rpn,
