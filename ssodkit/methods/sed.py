@@ -106,11 +106,11 @@ def box_cell_weights(fg_prob: Tensor, params: SEDParams) -> Tensor:
 def normalized(
     loss: Tensor, weight: Tensor, target_probs: Tensor, params: SEDParams, samples: int | None = None
 ) -> Tensor:
-    """Σ weight·loss over the normaliser `params.normalize` names; `samples` is the number
-    of cells the detector's own loss averages over (None where it divides by positives)."""
-    if params.normalize == "detector" and samples is not None:
-        denom = torch.tensor(float(samples), device=loss.device)
-    elif params.normalize == "foreground":
+    """Σ weight·loss over the normaliser `params.normalize` names; `samples`, when given, is
+    the number of cells the detector's own loss averages over, and is the normaliser."""
+    if samples is not None:
+        return (weight * loss).sum() / samples
+    if params.normalize == "foreground":
         denom = (target_probs.detach().max(dim=-1).values > FOREGROUND_PROB).sum().clamp(min=1)
     else:
         denom = weight.sum().clamp(min=1e-6)
@@ -163,16 +163,15 @@ def dense_terms(
             ctr_terms.append((fg * ctr).sum())
     targets = torch.cat(cls_target)
     num_images = pred.cls_logits[0].shape[0]
-    samples = pred.sampled_per_image * num_images if pred.sampled_per_image else None
+    # a sampling detector (the RPN) averages its own losses over its samples: so do these terms
+    samples = pred.sampled_per_image * num_images if params.normalize == "detector" and pred.sampled_per_image else None
     out = {"cls": normalized(torch.cat(cls_loss), torch.cat(cls_weight), targets, params, samples)}
     # Like a detector's box loss, divided by the number of foreground cells — but never fewer
     # than a few per image: one or two confident cells must not carry the weight the
     # supervised loss spreads over a whole batch's positives (on FCOS they wrecked the
     # regression: supervised GIoU loss 0.27 → 0.72 in 50 iterations). A sampling detector
     # (the RPN) divides its box loss by all its samples, and so does this term.
-    floor = max(1.0, params.min_box_cells_per_image * num_images)
-    if params.normalize == "detector" and samples is not None:
-        floor = float(samples)
+    floor = float(samples) if samples is not None else max(1.0, params.min_box_cells_per_image * num_images)
     denom = torch.stack(box_norm).sum().clamp(min=floor)
     out["box"] = params.box_weight * torch.stack(box_terms).sum() / denom
     if ctr_terms:

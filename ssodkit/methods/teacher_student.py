@@ -34,7 +34,7 @@ def unlabeled_batchnorm(module: nn.Module, mode: str) -> Iterator[None]:
     student that agrees with its teacher also *outputs* the same on the same image (with
     batch statistics the distillation target moves with every batch's composition: on the
     synthetic set half of SED's FCOS distillation loss at step 0 was that difference alone,
-    docs/methods/sed.md); `update`: plain training mode.
+    docs/benchmarks.md); `update`: plain training mode.
     """
     layers = [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     was_training = [m.training for m in layers]
