@@ -120,6 +120,20 @@ def test_roi_terms_vanish_when_student_equals_target():
     assert float(terms["roi_box"]) == pytest.approx(0.0, abs=1e-6)
 
 
+def test_roi_box_term_is_the_roi_heads_smooth_l1_on_the_targets_top_class():
+    from ssodkit.methods.sed import roi_terms
+
+    target_logits = torch.tensor([[-9.0, 9.0, -9.0, -9.0]] * 2)  # both RoIs: class 1, p ≈ 1
+    deltas = torch.zeros(2, 16)
+    shifted = deltas.clone()
+    shifted[0, 4:8] = 0.05  # class 1's deltas, first RoI: quadratic part of smooth L1 (β = 1/9)
+    shifted[1, 8:12] = 5.0  # class 2's deltas are not compared
+    terms = roi_terms(target_logits, shifted, target_logits, deltas, SEDParams())
+    assert float(terms["roi_box"]) == pytest.approx(4 * 0.05**2 * 4.5 / 2, rel=1e-3)  # mean over 2 RoIs
+    l1 = roi_terms(target_logits, shifted, target_logits, deltas, SEDParams(box_loss="l1"))
+    assert float(l1["roi_box"]) == pytest.approx(4 * 0.05 / 2, rel=1e-3)
+
+
 def test_fcos_head_forward_matches_torchvision_and_keeps_the_pre_relu_distances():
     torch.manual_seed(0)
     fcos = build_detector(DetectorConfig(name="fcos", backbone="resnet18", fpn_channels=64, head_convs=1), 3).eval()
@@ -194,8 +208,13 @@ def test_box_terms_use_the_detectors_own_loss_and_vanish_where_boxes_agree():
     assert giou == pytest.approx(0.75, rel=1e-4)  # 1 − IoU, no enclosing-box penalty (nested boxes)
     l1 = float(dense_terms(pred, target, [(0, 0)], SEDParams(min_box_cells_per_image=0, box_loss="l1"))["box"])
     assert l1 == pytest.approx(4 * 0.3, rel=1e-4) and p > 0.5
+    smooth = SEDParams(min_box_cells_per_image=0, box_loss="smooth_l1")
+    # torchvision's β = 1/9: linear above it (|x| − β/2), quadratic (x²/2β) below
+    assert float(dense_terms(pred, target, [(0, 0)], smooth)["box"]) == pytest.approx(4 * (0.3 - 1 / 18), rel=1e-4)
+    target.box_regression[0] = pred.box_regression[0] + 0.05
+    assert float(dense_terms(pred, target, [(0, 0)], smooth)["box"]) == pytest.approx(4 * 0.05**2 * 4.5, rel=1e-3)
     model = build_detector(DetectorConfig(name="faster_rcnn", backbone="resnet18", fpn_channels=64, head_convs=1), 3)
-    assert model.eval().dense([torch.rand(3, 64, 64)]).box_loss == "l1"  # the RPN's own loss is smooth L1
+    assert model.eval().dense([torch.rand(3, 64, 64)]).box_loss == "smooth_l1"  # the RPN's own loss
 
 
 def _student_teacher_and_views(detector: str):

@@ -18,7 +18,8 @@ from torch import Tensor
 
 BOX_EXP_CLAMP = math.log(1000.0 / 16)  # torchvision's BoxCoder clamp on dw, dh
 BoxCoding = Literal["deltas", "ltrb"]  # (dx, dy, dw, dh) anchor deltas or FCOS's (l, t, r, b) distances
-BoxLoss = Literal["l1", "giou"]  # what the detector trains its box numbers with
+BoxLoss = Literal["l1", "smooth_l1", "giou"]  # what the detector trains its box numbers with
+SMOOTH_L1_BETA = 1.0 / 9  # torchvision's RPN and RoI head: smooth L1 on box deltas with this β
 
 
 @dataclass

@@ -131,7 +131,7 @@ class FasterRCNNDetector(DetectorBase):
             cls_logits=cls, box_regression=box, centerness=None,
             anchors=list(anchors.split([h * w * a for h, w in shapes])),
             strides=list(self.strides), image_sizes=list(image_list.image_sizes),
-            sampled_per_image=self.rpn.fg_bg_sampler.batch_size_per_image,
+            box_loss="smooth_l1", sampled_per_image=self.rpn.fg_bg_sampler.batch_size_per_image,
         )
 
     def dense(self, images: list[Tensor]) -> DenseOutputs:

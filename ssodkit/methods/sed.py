@@ -18,7 +18,7 @@ from pydantic import BaseModel, Field
 from torch import Tensor, nn
 from torchvision.ops import generalized_box_iou_loss
 
-from ssodkit.detectors.dense import DenseOutputs, crop_common, paired_levels
+from ssodkit.detectors.dense import SMOOTH_L1_BETA, DenseOutputs, crop_common, paired_levels
 from ssodkit.detectors.protocol import DENSE_OUTPUTS, TWO_STAGE
 from ssodkit.methods.base import ModelHandle, ViewBatch
 from ssodkit.methods.teacher_student import TeacherStudent, TeacherStudentParams
@@ -44,10 +44,10 @@ class SEDParams(TeacherStudentParams):
         "the number of target foreground cells",
     )
     box_weight: float = Field(1.0, ge=0, description="weight of the box (and centerness) terms")
-    box_loss: Literal["detector", "l1", "giou"] = Field(
+    box_loss: Literal["detector", "l1", "smooth_l1", "giou"] = Field(
         "detector",
-        description="dense box terms: the detector's own box loss (GIoU for FCOS and RetinaNet, L1 for the RPN), "
-        "L1 on the anchor-normalised numbers, or GIoU",
+        description="box terms: the detector's own box loss (GIoU for FCOS and RetinaNet, smooth L1 for the RPN "
+        "and the RoI head), L1 on the anchor-normalised numbers (the spec's form), smooth L1, or GIoU (dense only)",
     )
     min_box_cells_per_image: float = Field(
         8.0, ge=0, description="floor of the box terms' normaliser, in foreground cells per image"
@@ -122,7 +122,8 @@ def box_disagreement(
 ) -> Tensor:
     """Per-cell `[N, H, W, A]` box loss of `pred` level `l_pred` against `target` level `l_target`.
 
-    L1 on the anchor-normalised numbers is the spec's form and the RPN's own loss. FCOS and
+    L1 on the anchor-normalised numbers is the spec's form; the RPN trains its deltas with
+    smooth L1 (β = 1/9), whose gradient fades below 0.11 where L1's stays 1. FCOS and
     RetinaNet train their boxes with GIoU, whose gradient per coordinate is 7–30× smaller
     than L1's on FCOS distances (stride units; 0.04–0.14 against 1 for a box 20 % too large,
     4–16 strides across): L1 distillation drowned FCOS's supervised regression (15.0 mAP
@@ -138,7 +139,15 @@ def box_disagreement(
         )
         return per_cell.view(p_box.shape[:-1])
     t_box, p_box = crop_common(target.distillable_boxes()[l_target], pred.distillable_boxes()[l_pred])
-    return (p_box.float() - t_box.detach().float()).abs().sum(-1)
+    return delta_loss(p_box, t_box, kind)
+
+
+def delta_loss(pred: Tensor, target: Tensor, kind: str) -> Tensor:
+    """Per-box L1 or smooth L1 (torchvision's β) over the last dimension; no gradient into `target`."""
+    pred, target = pred.float(), target.detach().float()
+    if kind == "smooth_l1":
+        return F.smooth_l1_loss(pred, target, beta=SMOOTH_L1_BETA, reduction="none").sum(-1)
+    return (pred - target).abs().sum(-1)
 
 
 def dense_terms(
@@ -183,8 +192,9 @@ def roi_terms(
     pred_logits: Tensor, pred_deltas: Tensor, target_logits: Tensor, target_deltas: Tensor, params: SEDParams
 ) -> dict[str, Tensor]:
     """RoI-head soft targets: KL between class distributions, re-weighted by their total
-    variation distance^γ, and L1 between the deltas of the target's top foreground class,
-    weighted by the target's foreground probability. With `normalize: detector` both are
+    variation distance^γ, and L1 (smooth L1, the RoI head's own loss, under `box_loss: detector`)
+    between the deltas of the target's top foreground class, weighted by the target's
+    foreground probability. With `normalize: detector` both are
     means over the RoIs, as the RoI head's own losses are over its sampled RoIs."""
     t_probs = target_logits.detach().float().softmax(-1)
     log_p = pred_logits.float().log_softmax(-1)
@@ -201,7 +211,8 @@ def roi_terms(
     p_box = pred_deltas.float().view(len(rows), -1, 4)[rows, cols]
     t_box = target_deltas.detach().float().view(len(rows), -1, 4)[rows, cols]
     box_denom = num_rois if params.normalize == "detector" else fg_prob.sum().clamp(min=1.0)
-    box = (fg_prob * (p_box - t_box).abs().sum(-1)).sum() / box_denom
+    kind = "smooth_l1" if params.box_loss in ("detector", "smooth_l1") else "l1"
+    box = (fg_prob * delta_loss(p_box, t_box, kind)).sum() / box_denom
     return {"roi_cls": cls, "roi_box": params.box_weight * box}
 
 
