@@ -10,7 +10,7 @@ import torch
 from ssodkit.detectors import DetectorConfig, build_detector
 from ssodkit.detectors.dense import DenseOutputs, paired_levels
 from ssodkit.methods.base import ModelHandle, ViewBatch
-from ssodkit.methods.sed import SED, SEDParams, dense_terms, half_size, soft_cls_terms
+from ssodkit.methods.sed import SED, SEDParams, dense_terms, half_size, scale_terms, soft_cls_terms
 from ssodkit.views.geometry import identity_matrix
 
 STRIDES = [8, 16, 32, 64, 128]
@@ -54,6 +54,24 @@ def test_scale_equivariant_predictions_give_zero_scale_loss():
     terms = dense_terms(small, large, pairs, SEDParams())
     for name, value in terms.items():
         assert float(value) == pytest.approx(0.0, abs=1e-5), name
+
+
+def test_a_small_object_at_the_lowest_level_is_a_scale_target_for_the_half_size_lowest_level():
+    # an object under P4's range: s sees it at P3 only (cell (4, 6)); at half size it lands on
+    # s↓'s P3, whose paired target is s:P4 — background there
+    large = dense_for((256, 256), lambda s, i, j: -6.0)
+    small = dense_for((128, 128), lambda s, i, j: -6.0)
+    large.cls_logits[0][0, 4, 6] = 4.0  # s:P3 (stride 8), full size
+    small.cls_logits[0][0, 2, 3] = 4.0  # s↓:P3 = s:P4's grid, cell (4, 6) // 2
+    union = scale_terms(large, small, SEDParams())  # default: max(s:P4, s:P3 pooled 2×2)
+    assert float(union["cls"]) == pytest.approx(0.0, abs=1e-5)
+    paired = scale_terms(large, small, SEDParams(scale_bottom_target="paired"))  # the spec: s:P4 alone
+    assert float(paired["cls"]) > 1.0
+    # only s↓'s lowest level gets the union: an object at s:P4 is s↓:P3's target (its partner),
+    # not also s↓:P4's (s:P4 pooled onto s:P5's grid), where s↓ stays background
+    large.cls_logits[1][0, 2, 3] = 4.0
+    assert float(small.cls_logits[1][0, 1, 1, 0, 0]) == -6.0
+    assert float(scale_terms(large, small, SEDParams())["cls"]) == pytest.approx(0.0, abs=1e-5)
 
 
 def test_reweighting_is_zero_where_target_equals_prediction_and_grows_with_disagreement():
