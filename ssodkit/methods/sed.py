@@ -58,8 +58,9 @@ class SEDParams(TeacherStudentParams):
     )
     scale_bottom_target: Literal["union", "paired"] = Field(
         "union",
-        description="scale consistency at s↓'s lowest level: its target is max(s at l+1, s at l pooled 2×2) — "
-        "at half size that level also holds the objects s keeps at its own lowest level — or s at l+1 alone (the spec)",
+        description="scale consistency at s↓'s lowest level: its target is max(s at l+1, s at l pooled 2×2) "
+        "(at half size that level also holds the objects s keeps at its own lowest level), "
+        "or s at l+1 alone (the spec)",
     )
     roi_per_image: int = Field(256, gt=0, description="two-stage: proposals per image for the RoI terms")
     rpn_weight: float = Field(1.0, ge=0, description="two-stage: factor of the RPN's terms (0 = RoI-head terms only)")
@@ -210,7 +211,7 @@ def pool_to_next_level(logits: Tensor) -> Tensor:
     return pooled.view(n, a, k, *pooled.shape[-2:]).permute(0, 3, 4, 1, 2)
 
 
-def bottom_union_targets(large: DenseOutputs, small: DenseOutputs, scale_pairs: list[tuple[int, int]]) -> dict[int, Tensor]:
+def bottom_union_targets(large: DenseOutputs, scale_pairs: list[tuple[int, int]]) -> dict[int, Tensor]:
     """Scale-consistency target for s↓'s lowest level: max(s at l+1, s at l pooled 2×2).
 
     The pairing s:P_l ↔ s↓:P_{l−1} is exact only where the detector's level assignment
@@ -234,7 +235,7 @@ def scale_terms(large: DenseOutputs, small: DenseOutputs, params: SEDParams) -> 
     """Scale consistency: `small` (s↓) at level l−1 against `large` (s) at level l."""
     pairs = [(l_small, l_large) for l_large, l_small in paired_levels(large, small)]
     union = params.scale_bottom_target == "union"
-    return dense_terms(small, large, pairs, params, bottom_union_targets(large, small, pairs) if union else None)
+    return dense_terms(small, large, pairs, params, bottom_union_targets(large, pairs) if union else None)
 
 
 def roi_terms(
