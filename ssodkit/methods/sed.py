@@ -170,15 +170,14 @@ def dense_terms(
     cls_loss, cls_weight, cls_target, box_terms, ctr_terms, box_norm = [], [], [], [], [], []
     for l_pred, l_target in level_pairs:
         own_logits, p_logits = crop_common(target.cls_logits[l_target], pred.cls_logits[l_pred])
-        t_logits = (cls_targets or {}).get(l_target, own_logits)
-        t_logits, p_logits = crop_common(t_logits, p_logits)
-        t_probs = t_logits.detach().float().sigmoid()
+        own_probs = own_logits.detach().float().sigmoid()
+        override = (cls_targets or {}).get(l_target)  # on the level's own grid
+        t_probs = own_probs if override is None else crop_common(override, own_logits)[0].detach().float().sigmoid()
         loss, weight = soft_cls_terms(p_logits, t_probs, params)
         cls_loss.append(loss.flatten())
         cls_weight.append(weight.flatten())
         cls_target.append(t_probs.flatten(0, -2))
         # box (and centerness) terms count where the target sees an object at this level
-        own_probs = crop_common(own_logits, p_logits)[0].detach().float().sigmoid()
         fg = box_cell_weights(own_probs.max(dim=-1).values, params)  # [N, H, W, A]
         box_terms.append((fg * box_disagreement(pred, target, l_pred, l_target, params)).sum())
         box_norm.append(fg.sum())
