@@ -148,7 +148,7 @@ def box_disagreement(
     return delta_loss(p_box, t_box, kind)
 
 
-def delta_loss(pred: Tensor, target: Tensor, kind: str) -> Tensor:
+def delta_loss(pred: Tensor, target: Tensor, kind: Literal["l1", "smooth_l1"]) -> Tensor:
     """Per-box L1 or smooth L1 (torchvision's β) over the last dimension; no gradient into `target`."""
     pred, target = pred.float(), target.detach().float()
     if kind == "smooth_l1":
@@ -257,8 +257,8 @@ def roi_terms(
     fg_prob, fg_class = t_probs[:, 1:].max(-1)
     rows = torch.arange(len(fg_class), device=fg_class.device)
     cols = fg_class + 1  # column 0 is background
-    p_box = pred_deltas.float().view(len(rows), -1, 4)[rows, cols]
-    t_box = target_deltas.detach().float().view(len(rows), -1, 4)[rows, cols]
+    p_box = pred_deltas.view(len(rows), -1, 4)[rows, cols]
+    t_box = target_deltas.view(len(rows), -1, 4)[rows, cols]  # delta_loss casts and detaches
     box_denom = num_rois if params.normalize == "detector" else fg_prob.sum().clamp(min=1.0)
     kind = "smooth_l1" if params.box_loss in ("detector", "smooth_l1") else "l1"
     box = (fg_prob * delta_loss(p_box, t_box, kind)).sum() / box_denom
