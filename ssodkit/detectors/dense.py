@@ -44,6 +44,9 @@ class DenseOutputs:
     # (RetinaNet, FCOS). A distillation term over all cells must divide the same way, or its
     # gradient dwarfs the supervised one (20–100× on the RPN with Σ weights, docs/methods/sed.md).
     sampled_per_image: int | None = None
+    # The largest share of positives in that sample (the RPN's 0.5): the rest are negatives
+    # drawn from thousands of background anchors, each one trained rarely.
+    positive_fraction: float | None = None
 
     def distillable_boxes(self) -> list[Tensor]:
         """The box outputs to compare between views: unbounded where the head clamps."""

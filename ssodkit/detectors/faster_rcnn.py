@@ -132,6 +132,7 @@ class FasterRCNNDetector(DetectorBase):
             anchors=list(anchors.split([h * w * a for h, w in shapes])),
             strides=list(self.strides), image_sizes=list(image_list.image_sizes),
             box_loss="smooth_l1", sampled_per_image=self.rpn.fg_bg_sampler.batch_size_per_image,
+            positive_fraction=self.rpn.fg_bg_sampler.positive_fraction,
         )
 
     def dense(self, images: list[Tensor]) -> DenseOutputs:

@@ -62,6 +62,12 @@ class SEDParams(TeacherStudentParams):
         "(at half size that level also holds the objects s keeps at its own lowest level), "
         "or s at l+1 alone (the spec)",
     )
+    sampled_cells: Literal["expected", "all"] = Field(
+        "expected",
+        description="a sampling dense head (the RPN: 256 anchors per image, up to half positive): weight each "
+        "cell by how often the detector's sampler would train it, with the target's probability as a soft "
+        "label, or count every cell alike (background then outweighs objects ~50:1)",
+    )
     roi_per_image: int = Field(256, gt=0, description="two-stage: proposals per image for the RoI terms")
     rpn_weight: float = Field(1.0, ge=0, description="two-stage: factor of the RPN's terms (0 = RoI-head terms only)")
     roi_weight: float = Field(1.0, ge=0, description="two-stage: factor of the RoI-head terms (0 = RPN terms only)")
@@ -156,6 +162,30 @@ def delta_loss(pred: Tensor, target: Tensor, kind: Literal["l1", "smooth_l1"]) -
     return (pred - target).abs().sum(-1)
 
 
+def expected_sample_rates(target_probs: list[Tensor], sampled: int, positive_fraction: float) -> tuple[Tensor, Tensor]:
+    """Per-image `[N]` rates at which a sampling detector's own loss would see a soft
+    positive and a soft negative cell, with the targets' probabilities as soft labels.
+
+    The RPN trains on 256 anchors per image, up to half of them positive: each positive
+    counts, each of ~15 000 background anchors rarely (~1 %). A term over all anchors
+    gives background the weight of positives — and strong views make background look like
+    objects (on the synthetic set the RPN's objectness on the strong view is 20–30× the
+    weak view's on background anchors at equal weights), so the summed push lowered
+    objectness everywhere and doubled the supervised RPN loss (docs/methods/sed.md). Soft
+    positive mass P = Σ p, negative mass Σ (1 − p); the sampler keeps min(P, f·S) positives
+    and fills the rest of S with negatives."""
+    pos = torch.stack([t.flatten(1).sum(1) for t in target_probs]).sum(0)  # [N]
+    neg = torch.stack([(1 - t).flatten(1).sum(1) for t in target_probs]).sum(0)
+    kept_pos = pos.clamp(max=positive_fraction * sampled)
+    kept_neg = torch.minimum(neg, sampled - kept_pos)
+    return kept_pos / pos.clamp(min=1e-6), kept_neg / neg.clamp(min=1e-6)
+
+
+def per_image(rates: Tensor, like: Tensor) -> Tensor:
+    """`[N]` rates broadcast over a level's `[N, ...]` cells."""
+    return rates.view(-1, *([1] * (like.dim() - 1)))
+
+
 def dense_terms(
     pred: DenseOutputs,
     target: DenseOutputs,
@@ -167,39 +197,43 @@ def dense_terms(
 
     `cls_targets` replaces the classification target logits of some target levels (the box
     terms still count where the level's own prediction sees an object)."""
-    cls_loss, cls_weight, cls_target, box_terms, ctr_terms, box_norm = [], [], [], [], [], []
+    cls_loss, cls_weight, cls_target, box_loss, box_weight, ctr_loss = [], [], [], [], [], []
     for l_pred, l_target in level_pairs:
         own_logits, p_logits = crop_common(target.cls_logits[l_target], pred.cls_logits[l_pred])
         own_probs = own_logits.detach().float().sigmoid()
         override = (cls_targets or {}).get(l_target)  # on the level's own grid
         t_probs = own_probs if override is None else crop_common(override, own_logits)[0].detach().float().sigmoid()
         loss, weight = soft_cls_terms(p_logits, t_probs, params)
-        cls_loss.append(loss.flatten())
-        cls_weight.append(weight.flatten())
-        cls_target.append(t_probs.flatten(0, -2))
+        cls_loss.append(loss)
+        cls_weight.append(weight)
+        cls_target.append(t_probs)
         # box (and centerness) terms count where the target sees an object at this level
-        fg = box_cell_weights(own_probs.max(dim=-1).values, params)  # [N, H, W, A]
-        box_terms.append((fg * box_disagreement(pred, target, l_pred, l_target, params)).sum())
-        box_norm.append(fg.sum())
+        box_weight.append(box_cell_weights(own_probs.max(dim=-1).values, params))  # [N, H, W, A]
+        box_loss.append(box_disagreement(pred, target, l_pred, l_target, params))
         if pred.centerness is not None and target.centerness is not None:
             t_ctr, p_ctr = crop_common(target.centerness[l_target], pred.centerness[l_pred])
-            ctr = soft_bce(p_ctr, t_ctr.detach().float().sigmoid()).squeeze(-1)
-            ctr_terms.append((fg * ctr).sum())
-    targets = torch.cat(cls_target)
+            ctr_loss.append(soft_bce(p_ctr, t_ctr.detach().float().sigmoid()).squeeze(-1))
     num_images = pred.cls_logits[0].shape[0]
     # a sampling detector (the RPN) averages its own losses over its samples: so do these terms
-    samples = pred.sampled_per_image * num_images if params.normalize == "detector" and pred.sampled_per_image else None
-    out = {"cls": normalized(torch.cat(cls_loss), torch.cat(cls_weight), targets, params, samples)}
+    samples = pred.sampled_per_image if params.normalize == "detector" else None
+    if samples and pred.positive_fraction is not None and params.sampled_cells == "expected":
+        pos_rate, neg_rate = expected_sample_rates(cls_target, samples, pred.positive_fraction)
+        cls_weight = [w * (t * per_image(pos_rate, t) + (1 - t) * per_image(neg_rate, t))
+                      for w, t in zip(cls_weight, cls_target)]
+        box_weight = [w * per_image(pos_rate, w) for w in box_weight]  # its box loss sees positives only
+    flat = [torch.cat([t.flatten() for t in ts]) for ts in (cls_loss, cls_weight)]
+    targets = torch.cat([t.flatten(0, -2) for t in cls_target])
+    out = {"cls": normalized(*flat, targets, params, samples * num_images if samples else None)}
     # Like a detector's box loss, divided by the number of foreground cells — but never fewer
     # than a few per image: one or two confident cells must not carry the weight the
     # supervised loss spreads over a whole batch's positives (on FCOS they wrecked the
     # regression: supervised GIoU loss 0.27 → 0.72 in 50 iterations). A sampling detector
     # (the RPN) divides its box loss by all its samples, and so does this term.
-    floor = float(samples) if samples is not None else max(1.0, params.min_box_cells_per_image * num_images)
-    denom = torch.stack(box_norm).sum().clamp(min=floor)
-    out["box"] = params.box_weight * torch.stack(box_terms).sum() / denom
-    if ctr_terms:
-        out["ctr"] = params.box_weight * torch.stack(ctr_terms).sum() / denom
+    floor = float(samples * num_images) if samples else max(1.0, params.min_box_cells_per_image * num_images)
+    denom = torch.stack([w.sum() for w in box_weight]).sum().clamp(min=floor)
+    out["box"] = params.box_weight * sum((w * b).sum() for w, b in zip(box_weight, box_loss)) / denom
+    if ctr_loss:
+        out["ctr"] = params.box_weight * sum((w * c).sum() for w, c in zip(box_weight, ctr_loss)) / denom
     return out
 
 
