@@ -289,6 +289,42 @@ def test_sampling_detectors_terms_are_means_over_their_sample_count_like_their_o
     assert float(single["roi_cls"]) > 0
 
 
+def test_a_sampling_heads_background_cells_count_at_the_rate_its_sampler_trains_them():
+    """The RPN trains 256 anchors per image, up to half positive: every object anchor, ~6 %
+    of the background here. Its distillation weights cells the same way in expectation."""
+    def rpn_like(fill) -> DenseOutputs:
+        out = dense_for((512, 512), fill, k=1, with_ctr=False)  # level 0: 64 × 64 cells
+        out.sampled_per_image, out.positive_fraction = 256, 0.5
+        return out
+
+    objects = {(5, 5), (20, 30), (40, 12), (60, 60)}
+    target = rpn_like(lambda s, i, j: 3.0 if (i, j) in objects else -6.0)
+    ratios = {}
+    for name, cell, value in (("object", (5, 5), -1.0), ("background", (1, 1), 0.0)):
+        pred = rpn_like(lambda s, i, j: 3.0 if (i, j) in objects else -6.0)
+        pred.cls_logits[0][0, cell[0], cell[1]] = value  # the one cell where student and target disagree
+        every, expected = (float(dense_terms(pred, target, [(0, 0)], SEDParams(sampled_cells=m))["cls"])
+                           for m in ("all", "expected"))
+        ratios[name] = expected / every
+    probs = target.cls_logits[0].sigmoid()
+    soft_pos, soft_neg = float(probs.sum()), float((1 - probs).sum())
+    p_bg = float(torch.sigmoid(torch.tensor(-6.0)))  # soft label: a p-share positive, a (1 − p)-share negative
+    assert ratios["background"] == pytest.approx(p_bg + (1 - p_bg) * (256 - soft_pos) / soft_neg, rel=1e-4)
+    assert ratios["background"] < 0.07 and ratios["object"] > 0.95
+
+
+def test_expected_sample_rates_cap_positives_at_the_samplers_fraction():
+    from ssodkit.methods.sed import expected_sample_rates
+
+    many_objects = torch.cat([torch.ones(1, 300), torch.zeros(1, 10_000)], dim=1)
+    pos_rate, neg_rate = expected_sample_rates([many_objects], sampled=256, positive_fraction=0.5)
+    assert float(pos_rate) == pytest.approx(128 / 300) and float(neg_rate) == pytest.approx(128 / 10_000)
+    few_cells = torch.cat([torch.ones(1, 10), torch.zeros(1, 100)], dim=1)  # fewer than the sample: all count
+    assert [float(r) for r in expected_sample_rates([few_cells], 256, 0.5)] == pytest.approx([1.0, 1.0])
+    model = build_detector(DetectorConfig(name="faster_rcnn", backbone="resnet18", fpn_channels=64, head_convs=1), 3)
+    assert model.eval().dense([torch.rand(3, 64, 64)]).positive_fraction == 0.5
+
+
 def test_rpn_and_roi_weights_scale_only_their_own_terms(tiny_config):
     student, teacher, labeled, unlabeled = _student_teacher_and_views("faster_rcnn")
     runs = {}
