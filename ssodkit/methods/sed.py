@@ -69,7 +69,13 @@ class SEDParams(TeacherStudentParams):
         "label, or count every cell alike (background then outweighs objects ~50:1)",
     )
     roi_per_image: int = Field(256, gt=0, description="two-stage: proposals per image for the RoI terms")
-    rpn_weight: float = Field(1.0, ge=0, description="two-stage: factor of the RPN's terms (0 = RoI-head terms only)")
+    # 0.1, not the paper's 1: one SGD step on the RPN's distillation term moves the objectness
+    # of labeled anchors 10–20× as far as one on the supervised RPN loss, and raises the
+    # negatives' 3× as much as the positives' (benchmarks/diagnostics/objectness_probe.py).
+    # At 1 it cost Faster R-CNN 5 mAP on the synthetic set (docs/methods/sed.md).
+    rpn_weight: float = Field(
+        0.1, ge=0, description="two-stage: factor of the RPN's terms (1 = the paper; 0 = RoI-head terms only)"
+    )
     roi_weight: float = Field(1.0, ge=0, description="two-stage: factor of the RoI-head terms (0 = RPN terms only)")
     filters: list[str] = Field(default_factory=list, description="SED uses no hard threshold")
 
