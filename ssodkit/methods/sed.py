@@ -66,7 +66,7 @@ class SEDParams(TeacherStudentParams):
         "expected",
         description="a sampling dense head (the RPN: 256 anchors per image, up to half positive): weight each "
         "cell by how often the detector's sampler would train it, with the target's probability as a soft "
-        "label, or count every cell alike (background then outweighs objects ~50:1)",
+        "label, or count every cell alike (a background anchor then weighs ~100× its share in the detector's loss)",
     )
     roi_per_image: int = Field(256, gt=0, description="two-stage: proposals per image for the RoI terms")
     # 0.1, not the paper's 1: one SGD step on the RPN's distillation term moves the objectness
@@ -173,13 +173,13 @@ def expected_sample_rates(target_probs: list[Tensor], sampled: int, positive_fra
     positive and a soft negative cell, with the targets' probabilities as soft labels.
 
     The RPN trains on 256 anchors per image, up to half of them positive: each positive
-    counts, each of ~15 000 background anchors rarely (~1 %). A term over all anchors
-    gives background the weight of positives — and strong views make background look like
-    objects (on the synthetic set the RPN's objectness on the strong view is 20–30× the
-    weak view's on background anchors at equal weights), so the summed push lowered
-    objectness everywhere and doubled the supervised RPN loss (docs/methods/sed.md). Soft
-    positive mass P = Σ p, negative mass Σ (1 − p); the sampler keeps min(P, f·S) positives
-    and fills the rest of S with negatives."""
+    counts, each of ~15 000 background anchors rarely (~1 %). A term over all anchors gives
+    background ~100× its share, and the strong view's colour ops raise the RPN's objectness
+    on background: with teacher = student on the synthetic set, the push to lower
+    objectness from background outweighed the objects' push up 18.1 to 4.1 per image;
+    with these rates it is 0.6 to 3.2 (docs/methods/sed.md). Soft positive mass P = Σ p,
+    negative mass Σ (1 − p); the sampler keeps min(P, f·S) positives and fills the rest of S
+    with negatives."""
     pos = torch.stack([t.flatten(1).sum(1) for t in target_probs]).sum(0)  # [N]
     neg = torch.stack([(1 - t).flatten(1).sum(1) for t in target_probs]).sum(0)
     kept_pos = pos.clamp(max=positive_fraction * sampled)
