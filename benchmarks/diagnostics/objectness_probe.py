@@ -14,9 +14,7 @@ from pathlib import Path
 
 import torch
 
-from ssodkit.config import build_config
-from ssodkit.engine.checkpoint import load_checkpoint
-from ssodkit.engine.trainer import Trainer
+from checkpoint_trainer import first_batches, trainer_from
 from ssodkit.methods.base import ModelHandle
 from ssodkit.methods.teacher_student import unlabeled_batchnorm
 
@@ -25,16 +23,11 @@ args = [a for a in sys.argv[1:] if a != "--set"]
 recipe, checkpoint = Path(args[0]), Path(args[1])
 num_batches = int(args[2]) if len(args) > 2 and "=" not in args[2] else 3
 overrides = dict(a.split("=", 1) for a in args[2:] if "=" in a)
-cfg = build_config(recipe, {"train.device": "cpu", "output.runs_dir": "/tmp/ssodkit-diagnostics",
-                            "data.num_workers": 0, **overrides}, [])
-trainer = Trainer(cfg)
-model, method = trainer.model, trainer.method
-state = load_checkpoint(checkpoint)
-model.load_state_dict(state["student"])
+trainer, state = trainer_from(recipe, checkpoint, overrides)
+model, method, cfg = trainer.model, trainer.method, trainer.cfg
 if trainer.teacher is not None:
     trainer.teacher.load_state_dict(state.get("teacher") or state["student"])
 params = [p for p in model.parameters() if p.requires_grad]
-batches = trainer.data.batches(0)
 
 
 def dot(grads: tuple, probe: tuple) -> float:
@@ -42,8 +35,7 @@ def dot(grads: tuple, probe: tuple) -> float:
 
 
 totals: dict[str, list[float]] = {}
-for _ in range(num_batches):
-    labeled, unlabeled = trainer.data.to_device(next(batches), torch.device("cpu"))
+for labeled, unlabeled in first_batches(trainer, num_batches):
     model.eval()  # the probe reads objectness as at test time
     image_list, features = model("features", labeled.images)
     dense = model("rpn_dense", image_list, features)

@@ -15,22 +15,16 @@ from pathlib import Path
 
 import torch
 
-from ssodkit.config import build_config
+from checkpoint_trainer import first_batches, trainer_from
 from ssodkit.detectors.dense import crop_common
-from ssodkit.engine.checkpoint import load_checkpoint
-from ssodkit.engine.trainer import Trainer
 from ssodkit.methods.sed import SEDParams, expected_sample_rates, per_image, soft_cls_terms
 
 BINS = (0.0, 0.01, 0.05, 0.2, 0.5, 0.8, 1.01)
 torch.manual_seed(0)
 recipe, checkpoint = Path(sys.argv[1]), Path(sys.argv[2])
 num_batches = int(sys.argv[3]) if len(sys.argv) > 3 else 3
-cfg = build_config(recipe, {"train.device": "cpu", "output.runs_dir": "/tmp/ssodkit-diagnostics",
-                            "data.num_workers": 0, "train.unlabeled_batch_size": 8}, [])
-trainer = Trainer(cfg)
-batches = trainer.data.batches(0)
-views = [trainer.data.to_device(next(batches), torch.device("cpu"))[1] for _ in range(num_batches)]
-trainer.model.load_state_dict(load_checkpoint(checkpoint)["student"])
+trainer, _ = trainer_from(recipe, checkpoint, {"train.unlabeled_batch_size": 8})
+views = [unlabeled for _, unlabeled in first_batches(trainer, num_batches)]
 model = trainer.model.eval()
 params = SEDParams()
 

@@ -12,22 +12,16 @@ from pathlib import Path
 
 import torch
 
-from ssodkit.config import build_config
+from checkpoint_trainer import first_batches, trainer_from
 from ssodkit.detectors.dense import crop_common, paired_levels
-from ssodkit.engine.checkpoint import load_checkpoint
-from ssodkit.engine.trainer import Trainer
 from ssodkit.methods.sed import half_size, pool_to_next_level
 
 CONFIDENT = 0.5
 torch.manual_seed(0)
 recipe, checkpoint = Path(sys.argv[1]), Path(sys.argv[2])
 num_batches = int(sys.argv[3]) if len(sys.argv) > 3 else 3
-cfg = build_config(recipe, {"train.device": "cpu", "output.runs_dir": "/tmp/ssodkit-diagnostics",
-                            "data.num_workers": 0, "train.unlabeled_batch_size": 8}, [])
-trainer = Trainer(cfg)
-batches = trainer.data.batches(0)
-weak = [trainer.data.to_device(next(batches), torch.device("cpu"))[1]["weak"] for _ in range(num_batches)]
-trainer.model.load_state_dict(load_checkpoint(checkpoint)["student"])
+trainer, _ = trainer_from(recipe, checkpoint, {"train.unlabeled_batch_size": 8})
+weak = [unlabeled["weak"] for _, unlabeled in first_batches(trainer, num_batches)]
 trainer.model.eval()
 
 
