@@ -152,6 +152,22 @@ def test_roi_box_term_is_the_roi_heads_smooth_l1_on_the_targets_top_class():
     assert float(l1["roi_box"]) == pytest.approx(4 * 0.05 / 2, rel=1e-3)
 
 
+
+def test_roi_box_term_skips_rois_the_target_calls_background_as_dense_cells_do():
+    from ssodkit.methods.sed import roi_terms
+
+    p_fg = torch.tensor([0.9, 0.3])  # the target's top foreground probability per RoI
+    target_logits = torch.stack([torch.stack([(1 - p).log(), p.log(), torch.tensor(-30.0), torch.tensor(-30.0)])
+                                 for p in p_fg])
+    deltas = torch.zeros(2, 16)
+    shifted = deltas.clone()
+    shifted[:, 4:8] = 1.0  # class 1's deltas differ by 1 on both RoIs: smooth L1 = 4·(1 − β/2) each
+    per_roi = 4 * (1 - 1 / 18)
+    gated = roi_terms(target_logits, shifted, target_logits, deltas, SEDParams())
+    assert float(gated["roi_box"]) == pytest.approx(0.9 * per_roi / 2, rel=1e-4)  # the p = 0.3 RoI adds nothing
+    plain = roi_terms(target_logits, shifted, target_logits, deltas, SEDParams(box_cell_weight="fg"))
+    assert float(plain["roi_box"]) == pytest.approx((0.9 + 0.3) * per_roi / 2, rel=1e-4)
+
 def test_fcos_head_forward_matches_torchvision_and_keeps_the_pre_relu_distances():
     torch.manual_seed(0)
     fcos = build_detector(DetectorConfig(name="fcos", backbone="resnet18", fpn_channels=64, head_convs=1), 3).eval()

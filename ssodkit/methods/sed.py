@@ -54,7 +54,8 @@ class SEDParams(TeacherStudentParams):
     )
     box_cell_weight: Literal["fg", "fg_squared", "fg_gated"] = Field(
         "fg_gated",
-        description="per-cell weight of the box terms from the target's max class prob p: p·[p > 0.5], p, or p²",
+        description="per-cell (and per-RoI) weight of the box terms from the target's max class prob p: "
+        "p·[p > 0.5], p, or p²",
     )
     scale_bottom_target: Literal["union", "paired"] = Field(
         "union",
@@ -283,7 +284,8 @@ def roi_terms(
     """RoI-head soft targets: KL between class distributions, re-weighted by their total
     variation distance^γ, and L1 (smooth L1, the RoI head's own loss, under `box_loss: detector`)
     between the deltas of the target's top foreground class, weighted by the target's
-    foreground probability. With `normalize: detector` both are
+    foreground probability as `box_cell_weight` says (default: only where it exceeds 0.5,
+    as for dense cells). With `normalize: detector` both are
     means over the RoIs, as the RoI head's own losses are over its sampled RoIs."""
     t_probs = target_logits.detach().float().softmax(-1)
     log_p = pred_logits.float().log_softmax(-1)
@@ -299,9 +301,14 @@ def roi_terms(
     cols = fg_class + 1  # column 0 is background
     p_box = pred_deltas.view(len(rows), -1, 4)[rows, cols]
     t_box = target_deltas.view(len(rows), -1, 4)[rows, cols]  # delta_loss casts and detaches
-    box_denom = num_rois if params.normalize == "detector" else fg_prob.sum().clamp(min=1.0)
+    # the dense terms' cell rule (`box_cell_weight`): by default only RoIs the target calls
+    # foreground (p > 0.5). Below that the teacher's proposals are mostly background — IoU
+    # 0.15–0.39 with the hidden boxes, which the RoI head's own box loss never trains on — yet
+    # with plain p they carried 40 % of the term (benchmarks/diagnostics/roi_box_targets.py).
+    box_weight = box_cell_weights(fg_prob, params)
+    box_denom = num_rois if params.normalize == "detector" else box_weight.sum().clamp(min=1.0)
     kind = "smooth_l1" if params.box_loss in ("detector", "smooth_l1") else "l1"
-    box = (fg_prob * delta_loss(p_box, t_box, kind)).sum() / box_denom
+    box = (box_weight * delta_loss(p_box, t_box, kind)).sum() / box_denom
     return {"roi_cls": cls, "roi_box": params.box_weight * box}
 
 
