@@ -152,7 +152,6 @@ def test_roi_box_term_is_the_roi_heads_smooth_l1_on_the_targets_top_class():
     assert float(l1["roi_box"]) == pytest.approx(4 * 0.05 / 2, rel=1e-3)
 
 
-
 def test_roi_box_term_skips_rois_the_target_calls_background_as_dense_cells_do():
     from ssodkit.methods.sed import roi_terms
 
@@ -167,6 +166,7 @@ def test_roi_box_term_skips_rois_the_target_calls_background_as_dense_cells_do()
     assert float(gated["roi_box"]) == pytest.approx(0.9 * per_roi / 2, rel=1e-4)  # the p = 0.3 RoI adds nothing
     plain = roi_terms(target_logits, shifted, target_logits, deltas, SEDParams(box_cell_weight="fg"))
     assert float(plain["roi_box"]) == pytest.approx((0.9 + 0.3) * per_roi / 2, rel=1e-4)
+
 
 def test_fcos_head_forward_matches_torchvision_and_keeps_the_pre_relu_distances():
     torch.manual_seed(0)

@@ -5,7 +5,8 @@ Teacher = student = the checkpoint; the teacher sees the weak view, the student 
 view (same geometry), as in training. For each bin of the teacher's top foreground
 probability p on its top 256 proposals per image: RoIs per image, their mean IoU with the
 nearest hidden box, the share of RoIs with IoU ≥ 0.5 (those the RoI head's own box loss
-trains on), and the bin's share of the box term Σ p·smoothL1 (the weight `roi_terms` uses).
+trains on), and the bin's share of the box term Σ p·smoothL1 (the weight `roi_terms` gave
+every RoI before it counted only those with p > 0.5; `box_cell_weight: fg` restores it).
 
     python benchmarks/diagnostics/roi_box_targets.py RECIPE CHECKPOINT [BATCHES]
 """
