@@ -17,7 +17,7 @@ import torch
 from torchvision.ops import box_iou
 
 from checkpoint_trainer import first_batches, trainer_from
-from ssodkit.methods.sed import delta_loss
+from ssodkit.methods.sed import delta_loss, top_class_deltas
 
 BINS = (0.0, 0.05, 0.2, 0.5, 0.8, 1.01)
 torch.manual_seed(0)
@@ -39,10 +39,8 @@ with torch.no_grad():
         t_logits, t_deltas = model("roi_outputs", t_feats, boxes, t_list.image_sizes)
         s_list, s_feats = model("features", strong.images)
         s_logits, s_deltas = model("roi_outputs", s_feats, boxes, s_list.image_sizes)
-        fg_prob, fg_class = t_logits.float().softmax(-1)[:, 1:].max(-1)
-        rows = torch.arange(len(fg_class))
-        pick = lambda d: d.view(len(rows), -1, 4)[rows, fg_class + 1]  # noqa: E731
-        weighted = fg_prob * delta_loss(pick(s_deltas), pick(t_deltas), "smooth_l1")
+        fg_prob, p_box, t_box = top_class_deltas(t_logits.float().softmax(-1), s_deltas, t_deltas)
+        weighted = fg_prob * delta_loss(p_box, t_box, "smooth_l1")
         ious = torch.cat([
             box_iou(b, t["boxes"]).max(1).values if len(t["boxes"]) else torch.zeros(len(b))
             for b, t in zip(boxes, weak.targets)

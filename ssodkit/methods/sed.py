@@ -278,6 +278,15 @@ def scale_terms(large: DenseOutputs, small: DenseOutputs, params: SEDParams) -> 
     return dense_terms(small, large, pairs, params, bottom_union_targets(large, pairs) if union else None)
 
 
+def top_class_deltas(target_probs: Tensor, pred_deltas: Tensor, target_deltas: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Per RoI: the target's top foreground probability, and both heads' deltas `[R, 4]` for
+    that class (column 0 of the `[R, K+1]` probabilities is background). `delta_loss` casts
+    and detaches."""
+    fg_prob, fg_class = target_probs[:, 1:].max(-1)
+    rows = torch.arange(len(fg_class), device=fg_class.device)
+    cols = fg_class + 1
+    return fg_prob, pred_deltas.view(len(rows), -1, 4)[rows, cols], target_deltas.view(len(rows), -1, 4)[rows, cols]
+
 def roi_terms(
     pred_logits: Tensor, pred_deltas: Tensor, target_logits: Tensor, target_deltas: Tensor, params: SEDParams
 ) -> dict[str, Tensor]:
@@ -296,11 +305,7 @@ def roi_terms(
         weight = torch.ones_like(kl)
     num_rois = float(max(1, len(kl)))
     cls = (weight * kl).sum() / (num_rois if params.normalize == "detector" else weight.sum().clamp(min=1e-6))
-    fg_prob, fg_class = t_probs[:, 1:].max(-1)
-    rows = torch.arange(len(fg_class), device=fg_class.device)
-    cols = fg_class + 1  # column 0 is background
-    p_box = pred_deltas.view(len(rows), -1, 4)[rows, cols]
-    t_box = target_deltas.view(len(rows), -1, 4)[rows, cols]  # delta_loss casts and detaches
+    fg_prob, p_box, t_box = top_class_deltas(t_probs, pred_deltas, target_deltas)
     # the dense terms' cell rule (`box_cell_weight`): by default only RoIs the target calls
     # foreground (p > 0.5). Below that the teacher's proposals are mostly background — IoU
     # 0.15–0.39 with the hidden boxes, which the RoI head's own box loss never trains on — yet
