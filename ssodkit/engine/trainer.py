@@ -355,7 +355,8 @@ class Trainer:
                     else:
                         for k, v in losses.items():
                             window.setdefault(k, []).append(v)
-                        self._progress.update(self.iteration, {k: v for k, v in losses.items()}, self.optimizer.param_groups[0]["lr"])
+                        means = {k: sum(v) / len(v) for k, v in window.items()}
+                        self._progress.update(self.iteration, means, self.optimizer.param_groups[0]["lr"])
                     if self.iteration % cfg.train.log_interval == 0 or self.iteration == total_iters:
                         self.metrics.write({
                             "type": "train", "iter": self.iteration,
