@@ -108,8 +108,9 @@ def _batch(images):
 
 @pytest.mark.parametrize("detector", ["fcos", "retinanet", "faster_rcnn"])
 def test_sed_step_has_finite_nonzero_terms_and_no_threshold(detector, tiny_config):
-    # every cell's box terms count (the default waits for target cells with p > 0.5)
-    cfg = tiny_config(method__name="sed", method__box_cell_weight="fg", detector__name=detector)
+    # every cell's box terms count (the default waits for target cells with p > 0.5), and the
+    # RPN's terms are on (the paper's weight; the default leaves them out)
+    cfg = tiny_config(method__name="sed", method__box_cell_weight="fg", method__rpn_weight=1.0, detector__name=detector)
     method = SED.from_config(cfg, ["a", "b", "c"])
     student = build_detector(DetectorConfig(name=detector, backbone="resnet18", fpn_channels=64, head_convs=1), 3)
     method.check_detector(student)
@@ -358,3 +359,13 @@ def test_rpn_and_roi_weights_scale_only_their_own_terms(tiny_config):
         assert float(runs[0.5, 1.0][key]) == pytest.approx(full if is_roi else 0.5 * full, rel=1e-4, abs=1e-7), key
         assert float(runs[1.0, 0.0][key]) == pytest.approx(0.0 if is_roi else full, rel=1e-4, abs=1e-7), key
     assert float(runs[1.0, 1.0]["unsup_distill_roi_cls"]) > 0
+
+
+def test_faster_rcnn_defaults_train_the_roi_head_terms_and_skip_the_rpns(tiny_config):
+    student, teacher, labeled, unlabeled = _student_teacher_and_views("faster_rcnn")
+    method = SED.from_config(tiny_config(method__name="sed", detector__name="faster_rcnn"), ["a", "b", "c"])
+    method.check_detector(student)
+    losses = method.step(ModelHandle(student), teacher, labeled, unlabeled, it=0)
+    unsup = {k for k in losses if k.startswith("unsup")}
+    assert unsup == {"unsup_distill_roi_cls", "unsup_distill_roi_box", "unsup_scale_roi_cls", "unsup_scale_roi_box"}
+    assert "teacher_fg_cells" in method.stats  # the teacher RPN's confident anchors are still counted

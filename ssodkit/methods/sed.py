@@ -70,12 +70,14 @@ class SEDParams(TeacherStudentParams):
         "label, or count every cell alike (a background anchor then weighs ~100× its share in the detector's loss)",
     )
     roi_per_image: int = Field(256, gt=0, description="two-stage: proposals per image for the RoI terms")
-    # 0.1, not the paper's 1: one SGD step on the RPN's distillation term moves the objectness
+    # 0, not the paper's 1. One SGD step on the RPN's distillation term moves the objectness
     # of labeled anchors 10–20× as far as one on the supervised RPN loss, and raises the
-    # negatives' 3× as much as the positives' (benchmarks/diagnostics/objectness_probe.py).
-    # At 1 it cost Faster R-CNN 5 mAP on the synthetic set (docs/methods/sed.md).
+    # negatives' 3× as much as the positives' (benchmarks/diagnostics/objectness_probe.py):
+    # at 1 it cost Faster R-CNN 5 mAP on the synthetic set, and at 0.1 the student still
+    # ended 0.1–1.1 under the RoI-head terms alone in each of four seed × checkpoint pairs
+    # (docs/methods/sed.md).
     rpn_weight: float = Field(
-        0.1, ge=0, description="two-stage: factor of the RPN's terms (1 = the paper; 0 = RoI-head terms only)"
+        0.0, ge=0, description="two-stage: factor of the RPN's terms (1 = the paper; 0 = RoI-head terms only)"
     )
     roi_weight: float = Field(1.0, ge=0, description="two-stage: factor of the RoI-head terms (0 = RPN terms only)")
     filters: list[str] = Field(default_factory=list, description="SED uses no hard threshold")
@@ -380,12 +382,17 @@ class SED(TeacherStudent):
         s_list, s_feats = student("features", strong)
         m_list, m_feats = student("features", half_size(strong))
         p = self.params
-        distill, scale = (
-            scaled(terms, p.rpn_weight)
-            for terms in self.dense_pair_terms(
-                t_rpn, student("rpn_dense", s_list, s_feats), student("rpn_dense", m_list, m_feats)
+        distill: dict[str, Tensor] = {}
+        scale: dict[str, Tensor] = {}
+        if p.rpn_weight > 0:  # off by default: no graph through the RPN's dense outputs for nothing
+            distill, scale = (
+                scaled(terms, p.rpn_weight)
+                for terms in self.dense_pair_terms(
+                    t_rpn, student("rpn_dense", s_list, s_feats), student("rpn_dense", m_list, m_feats)
+                )
             )
-        )
+        else:
+            self.record_soft_stats(t_rpn)
         s_roi = student("roi_outputs", s_feats, t_boxes, s_list.image_sizes)
         distill.update(scaled(roi_terms(*s_roi, *t_roi, p), p.roi_weight))
         with torch.no_grad():
