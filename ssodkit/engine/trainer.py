@@ -350,12 +350,13 @@ class Trainer:
                     self.scheduler.step()
                     self.iteration += 1
                     step_time += time.monotonic() - step_start
+                    if losses is not None:
+                        for k, v in losses.items():
+                            window.setdefault(k, []).append(v)
+                    means = {k: sum(v) / len(v) for k, v in window.items()}  # the console's and metrics.jsonl's
                     if losses is None:
                         self._progress.print(f"[yellow]iter {self.iteration}: non-finite loss or gradient, step skipped")
                     else:
-                        for k, v in losses.items():
-                            window.setdefault(k, []).append(v)
-                        means = {k: sum(v) / len(v) for k, v in window.items()}
                         self._progress.update(self.iteration, means, self.optimizer.param_groups[0]["lr"])
                     if self.iteration % cfg.train.log_interval == 0 or self.iteration == total_iters:
                         self.metrics.write({
@@ -363,7 +364,7 @@ class Trainer:
                             "lr": self.optimizer.param_groups[0]["lr"],
                             "sec_per_iter": time.monotonic() - step_start,
                             "skipped_steps": self.skipped_steps,
-                            **{k: sum(v) / len(v) for k, v in window.items()},
+                            **means,
                         })
                         window = {}
                     is_last = self.iteration == total_iters
