@@ -289,6 +289,7 @@ def top_class_deltas(target_probs: Tensor, pred_deltas: Tensor, target_deltas: T
     cols = fg_class + 1
     return fg_prob, pred_deltas.view(len(rows), -1, 4)[rows, cols], target_deltas.view(len(rows), -1, 4)[rows, cols]
 
+
 def roi_terms(
     pred_logits: Tensor, pred_deltas: Tensor, target_logits: Tensor, target_deltas: Tensor, params: SEDParams
 ) -> dict[str, Tensor]:
@@ -352,6 +353,7 @@ class SED(TeacherStudent):
             s_dense: DenseOutputs = student("dense", strong.images)
             s_small: DenseOutputs = student("dense", half_size(strong.images))
             distill, scale = self.dense_pair_terms(t_dense, s_dense, s_small)
+            self.record_soft_stats(t_dense)
         losses = {f"unsup_distill_{k}": p.unsup_weight * p.distill_weight * v for k, v in distill.items()}
         losses.update({f"unsup_scale_{k}": p.unsup_weight * p.scale_weight * v for k, v in scale.items()})
         return losses
@@ -364,7 +366,6 @@ class SED(TeacherStudent):
         same = [(level, level) for level in range(s_dense.num_levels)]
         distill = dense_terms(s_dense, t_dense, same, self.params)
         scale = scale_terms(s_dense, s_small, self.params)
-        self.record_soft_stats(t_dense)
         return distill, scale
 
     def two_stage_terms(
@@ -382,6 +383,7 @@ class SED(TeacherStudent):
         s_list, s_feats = student("features", strong)
         m_list, m_feats = student("features", half_size(strong))
         p = self.params
+        self.record_soft_stats(t_rpn)
         distill: dict[str, Tensor] = {}
         scale: dict[str, Tensor] = {}
         if p.rpn_weight > 0:  # off by default: no graph through the RPN's dense outputs for nothing
@@ -391,8 +393,6 @@ class SED(TeacherStudent):
                     t_rpn, student("rpn_dense", s_list, s_feats), student("rpn_dense", m_list, m_feats)
                 )
             )
-        else:
-            self.record_soft_stats(t_rpn)
         s_roi = student("roi_outputs", s_feats, t_boxes, s_list.image_sizes)
         distill.update(scaled(roi_terms(*s_roi, *t_roi, p), p.roi_weight))
         with torch.no_grad():
