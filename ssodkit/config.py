@@ -50,7 +50,12 @@ class DataConfig(_Section):
 
 
 class MethodConfig(BaseModel):
-    """The SSOD method's name plus its own parameters (validated by the method)."""
+    """The SSOD method's name plus its own parameters.
+
+    The parameters are the method's `Params` model: `resolve_method` validates them when the
+    config is loaded (an unknown or ill-typed key fails before any data is read) and writes
+    every value back, defaults included, so the saved `config.yaml` holds what the run used.
+    """
 
     model_config = ConfigDict(extra="allow", validate_assignment=True)
 
@@ -59,6 +64,25 @@ class MethodConfig(BaseModel):
     @property
     def params(self) -> dict[str, Any]:
         return dict(self.model_extra or {})
+
+
+class TeacherConfig(_Section):
+    """The EMA teacher, which the trainer owns: θ_t ← (1 − m)·θ_t + m·θ_s after each step.
+
+    A field left unset takes the method's declared default (`Method.teacher_defaults`, e.g.
+    Unbiased Teacher's keep-rate 0.9996 and burn-in 2000), then the value below; the saved
+    config holds the resolved values. Methods without a teacher ignore this section.
+    """
+
+    momentum: float | None = Field(
+        None, gt=0, le=1, description="constant m; null = the schedule max(min_momentum, γ/(γ+t))"
+    )
+    gamma: float = Field(4.0, gt=0, description="γ of the schedule (MixPL: 4)")
+    min_momentum: float = Field(2e-4, gt=0, le=1, description="floor of the schedule")
+    buffers: Literal["copy", "ema", "skip"] = Field(
+        "copy", description="BatchNorm statistics: copied from the student, averaged like weights, or left alone"
+    )
+    burn_in: int = Field(0, ge=0, description="supervised-only iterations; the teacher copies the student until then")
 
 
 class OptimConfig(_Section):
@@ -132,6 +156,7 @@ class RunConfig(_Section):
     views: ViewConfig = Field(default_factory=ViewConfig)
     detector: DetectorConfig = Field(default_factory=DetectorConfig)
     method: MethodConfig = Field(default_factory=MethodConfig)
+    teacher: TeacherConfig = Field(default_factory=TeacherConfig)
     optim: OptimConfig = Field(default_factory=OptimConfig)
     schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
@@ -246,9 +271,64 @@ def build_config(
     for text in overrides or []:
         apply_override(data, *parse_override(text))
     try:
-        return RunConfig.model_validate(data)
+        cfg = RunConfig.model_validate(data)
     except ValidationError as exc:
         raise ConfigError(format_validation_error(exc, RunConfig)) from None
+    return resolve_method(cfg)
+
+
+# Method keys that became `teacher.*` keys when the trainer took the EMA over from the methods.
+MOVED_TO_TEACHER = {
+    "ema_momentum": "momentum",
+    "ema_gamma": "gamma",
+    "ema_min_momentum": "min_momentum",
+    "ema_buffers": "buffers",
+    "burn_in": "burn_in",
+}
+
+
+def migrate_legacy(data: dict[str, Any]) -> dict[str, Any]:
+    """A config saved before the `teacher` section existed (a run folder or checkpoint of an
+    earlier version), with its `method.ema_*` / `method.burn_in` keys moved there."""
+    method = data.get("method")
+    if not isinstance(method, dict) or not set(method) & set(MOVED_TO_TEACHER):
+        return data
+    method, teacher = dict(method), dict(data.get("teacher") or {})
+    for old, new in MOVED_TO_TEACHER.items():
+        if old in method:
+            teacher.setdefault(new, method.pop(old))
+    return {**data, "method": method, "teacher": teacher}
+
+
+def resolve_method(cfg: RunConfig) -> RunConfig:
+    """Validate the method's parameters against its `Params` model and resolve the teacher
+    section; return the config with every value written out (defaults included).
+
+    Detector-dependent values (a pseudo-label threshold of `null`) are resolved later, once,
+    when the detector is built (`resolve_for_detector`)."""
+    from ssodkit.plugins import get_registry
+
+    method = get_registry().get("methods", cfg.method.name)
+    moved = sorted(set(cfg.method.params) & set(MOVED_TO_TEACHER))
+    if moved:
+        hints = ", ".join(f"'method.{k}' is now 'teacher.{MOVED_TO_TEACHER[k]}'" for k in moved)
+        raise ConfigError(f"invalid config: {hints}")
+    try:
+        params = method.Params.model_validate(cfg.method.params)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc, method.Params, prefix="method.")) from None
+    method.check_config(cfg, params)
+    teacher = {**method.teacher_defaults, **cfg.teacher.model_dump(include=cfg.teacher.model_fields_set)}
+    try:
+        resolved_teacher = TeacherConfig.model_validate({**cfg.teacher.model_dump(), **teacher})
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc, TeacherConfig, prefix="teacher.")) from None
+    return cfg.model_copy(update={"method": method_config(cfg.method.name, params), "teacher": resolved_teacher})
+
+
+def method_config(name: str, params: BaseModel) -> MethodConfig:
+    """A `MethodConfig` holding every value of `params` (what `config.yaml` records)."""
+    return MethodConfig(name=name, **params.model_dump(mode="json"))
 
 
 def save_config(cfg: RunConfig, path: Path) -> None:
@@ -258,7 +338,12 @@ def save_config(cfg: RunConfig, path: Path) -> None:
 
 
 def load_saved_config(path: Path) -> RunConfig:
+    """A run folder's `config.yaml` (an earlier version's included), validated and resolved."""
     try:
-        return RunConfig.model_validate(_read_yaml(path))
+        cfg = RunConfig.model_validate(migrate_legacy(_read_yaml(path)))
     except ValidationError as exc:
         raise ConfigError(f"{path}: " + format_validation_error(exc, RunConfig)) from None
+    try:
+        return resolve_method(cfg)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None

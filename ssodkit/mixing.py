@@ -445,7 +445,9 @@ def erase_and_filter(
 def filter_scores(item: MixItem, thr: float) -> MixItem:
     """Keep boxes with ``score > thr`` — applied after mixing, as MixPL (and mmdet's
     ``filter_gt_instances``) does, so mixing sees every candidate box."""
-    return item.select(item.scores > thr)
+    from ssodkit.pseudo.filters import above_threshold
+
+    return item.select(above_threshold(item.scores, thr))
 
 
 def is_empty(item: MixItem) -> bool:

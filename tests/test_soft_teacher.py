@@ -195,7 +195,7 @@ def test_soft_teacher_trains_a_few_steps_with_finite_loss_terms(tiny_config):
 
     cfg = tiny_config(
         method__name="soft_teacher", detector__name="faster_rcnn", train__unlabeled_batch_size=2,
-        schedule__iters=3, method__burn_in=0, method__score_thr=0.0, method__rpn_pseudo_thr=0.0,
+        schedule__iters=3, teacher__burn_in=0, method__score_thr=0.0, method__rpn_pseudo_thr=0.0,
         method__cls_pseudo_thr=0.0,
     )
     trainer, summary = train(cfg)

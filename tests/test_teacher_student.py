@@ -14,7 +14,8 @@ from ssodkit.engine.ema import EMA
 from ssodkit.methods.base import ModelHandle, ViewBatch
 from ssodkit.methods.mean_teacher import MeanTeacher
 from ssodkit.methods.unbiased_teacher import UnbiasedTeacher
-from ssodkit.pseudo.filters import EmptyImageRule, ScoreThreshold
+from ssodkit.pseudo.filters import ScoreThreshold
+from ssodkit.pseudo.labeler import apply_empty_image_rule
 from ssodkit.pseudo.labels import PseudoLabels, project_detections
 from ssodkit.views.geometry import hflip_matrix, identity_matrix, resize_matrix
 
@@ -59,8 +60,16 @@ def test_filters_keep_scores_above_tau_and_zero_empty_images():
     ]
     pseudo = ScoreThreshold(0.3, {1: 0.1}, num_classes=2)(PseudoLabels.from_detections(dets))
     assert pseudo.counts == [2, 1]  # class 1 has its own, lower threshold
-    strict = EmptyImageRule()(ScoreThreshold(0.5, num_classes=2)(PseudoLabels.from_detections(dets)))
-    assert strict.counts == [1, 0] and strict.weights.tolist() == [1.0, 0.0]
+    strict = ScoreThreshold(0.5, num_classes=2)(PseudoLabels.from_detections(dets))
+    ruled = apply_empty_image_rule(strict, "per_image")
+    assert ruled.counts == [1, 0] and ruled.weights.tolist() == [1.0, 0.0]
+    assert apply_empty_image_rule(strict, "off").weights.tolist() == [1.0, 1.0]  # the rule can be switched off
+
+
+def test_a_score_equal_to_tau_is_not_a_pseudo_label():
+    """One comparison rule everywhere: score > τ (mmdet's filter_gt_instances)."""
+    det = Detections(torch.tensor([[0.0, 0, 5, 5], [1, 1, 6, 6]]), torch.tensor([0.5, 0.5001]), torch.tensor([0, 0]))
+    assert ScoreThreshold(0.5, num_classes=1)(PseudoLabels.from_detections([det])).counts == [1]
 
 
 def _view_batch(images, targets=None):
@@ -94,7 +103,7 @@ def test_image_without_pseudo_box_above_tau_adds_exactly_zero_unsup_loss(tiny_co
 
 
 def test_unbiased_teacher_unsup_loss_has_no_regression_term(tiny_config):
-    method, student = _method(UnbiasedTeacher, tiny_config, "unbiased_teacher", score_thr=0.0, burn_in=0)
+    method, student = _method(UnbiasedTeacher, tiny_config, "unbiased_teacher", score_thr=0.0)
     images = [torch.rand(3, 96, 96)]
     labeled = _view_batch(images, [{"boxes": torch.tensor([[10.0, 10, 50, 50]]), "labels": torch.tensor([1])}])
     losses = method.step(ModelHandle(student), copy.deepcopy(student).eval(),
@@ -104,19 +113,43 @@ def test_unbiased_teacher_unsup_loss_has_no_regression_term(tiny_config):
     assert {"sup_loss_box", "sup_loss_ctr"} <= set(losses)  # labeled data still regresses
 
 
-def test_unbiased_teacher_burn_in_is_supervised_and_teacher_copies_student(tiny_config):
-    method, student = _method(UnbiasedTeacher, tiny_config, "unbiased_teacher", burn_in=10)
-    teacher = copy.deepcopy(student)
-    with torch.no_grad():
-        for p in student.parameters():
-            p.add_(1.0)
-    images = [torch.rand(3, 96, 96)]
-    labeled = _view_batch(images, [{"boxes": torch.tensor([[10.0, 10, 50, 50]]), "labels": torch.tensor([1])}])
-    losses = method.step(ModelHandle(student), teacher, labeled, {"weak": _view_batch(images), "strong": _view_batch(images)}, it=3)
-    assert all(k.startswith("sup") for k in losses)
-    method.update_teacher(teacher, student, it=3)
-    for t, s in zip(teacher.state_dict().values(), student.state_dict().values()):
-        assert torch.equal(t, s)
+def test_trainer_owns_the_teacher_burn_in_copies_the_student_then_ema_moves_it_by_exactly_m(tiny_config):
+    """Unbiased Teacher declares keep-rate 0.9996 (m = 4e-4); the trainer runs the burn-in
+    (supervised steps, teacher = student after each) and then the EMA."""
+    from ssodkit.engine.trainer import Trainer
+
+    cfg = tiny_config(method__name="unbiased_teacher", method__score_thr=0.0, teacher__burn_in=2,
+                      train__unlabeled_batch_size=2)
+    assert cfg.teacher.momentum == 4e-4 and cfg.teacher.burn_in == 2  # declared default, user's burn-in
+    trainer = Trainer(cfg)
+    try:
+        stream = trainer.data.batches(0)
+        for _ in range(2):
+            losses = trainer.train_step(next(stream))
+            assert losses is not None and not any(k.startswith("unsup") for k in losses)
+            for t, s in zip(trainer.teacher.state_dict().values(), trainer.model.state_dict().values()):
+                assert torch.equal(t, s)
+            trainer.iteration += 1
+        before = [p.clone() for p in trainer.teacher.parameters()]
+        losses = trainer.train_step(next(stream))
+        assert "unsup_loss_cls" in losses
+        for t, s, b in zip(trainer.teacher.parameters(), trainer.model.parameters(), before):
+            assert torch.allclose(t, (1 - 4e-4) * b + 4e-4 * s, atol=1e-7)
+    finally:
+        trainer.close()
+
+
+def test_no_method_module_imports_the_engine():
+    """The trainer owns the teacher: methods declare, the engine runs (no methods → engine edge)."""
+    import ast
+    from pathlib import Path
+
+    import ssodkit.methods
+
+    for path in Path(ssodkit.methods.__file__).parent.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module:
+                assert not node.module.startswith("ssodkit.engine"), f"{path.name} imports {node.module}"
 
 
 def test_sampler_keeps_the_ratio_and_is_deterministic_by_seed():

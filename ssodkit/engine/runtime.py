@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ssodkit.config import RunConfig
+from ssodkit.config import RunConfig, migrate_legacy
 from ssodkit.errors import ConfigError, SsodkitError
 
 
@@ -59,7 +59,7 @@ _INFERENCE_ONLY = {"pretrained", "score_thresh", "nms_thresh", "detections_per_i
 def checkpoint_config(state: dict[str, Any], where: str) -> tuple[RunConfig, list[str]]:
     """A checkpoint's run config and class names, or one line saying they cannot be read."""
     try:
-        return RunConfig.model_validate(state["config"]), [str(c) for c in state["classes"]]
+        return RunConfig.model_validate(migrate_legacy(state["config"])), [str(c) for c in state["classes"]]
     except Exception as exc:  # noqa: BLE001 - a config from another version
         raise SsodkitError(f"{where}: cannot read its config or classes ({type(exc).__name__})") from None
 

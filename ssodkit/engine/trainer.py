@@ -20,10 +20,11 @@ from rich.console import Console
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
-from ssodkit.config import RunConfig, save_config
+from ssodkit.config import RunConfig, resolve_method, save_config
 from ssodkit.detectors.protocol import check_capabilities
 from ssodkit.engine import checkpoint as ckpt
 from ssodkit.engine.data_setup import TrainData, build_train_data
+from ssodkit.engine.ema import EMA
 from ssodkit.engine.distributed import (
     DistInfo,
     any_rank,
@@ -37,10 +38,11 @@ from ssodkit.engine.predict import autocast_context, evaluate_model
 from ssodkit.engine.progress import TrainProgress
 from ssodkit.engine.runtime import build_model, initial_weights, resolve_amp, resolve_device
 from ssodkit.engine.schedule import build_scheduler
-from ssodkit.errors import ConfigError, SsodkitError
+from ssodkit.errors import SsodkitError
 from ssodkit.evaluation.coco_eval import EvalResult
 from ssodkit.methods.base import Method, ModelHandle
 from ssodkit.plugins import get_registry
+from ssodkit.pseudo.labeler import resolve_for_detector
 
 
 @dataclass
@@ -103,6 +105,7 @@ class Trainer:
         self.dist: DistInfo = init_distributed(self.device.type)
         if self.dist.enabled and self.device.type == "cuda":
             self.device = torch.device("cuda", self.dist.local_rank)
+        cfg = resolve_method(cfg)  # method parameters and the teacher section, before any data is read
         self.cfg = cfg
         self.amp_dtype = resolve_amp(cfg.train.amp, self.device)
         torch.manual_seed(cfg.train.seed + self.dist.rank)
@@ -110,7 +113,6 @@ class Trainer:
             torch.use_deterministic_algorithms(True, warn_only=True)
 
         self.method_cls: type[Method] = get_registry().get("methods", cfg.method.name)
-        self._check_method_config(cfg)
         self.run_dir = resume if resume is not None else self._new_run_dir()
         try:
             self._set_up(cfg, resume)
@@ -118,15 +120,6 @@ class Trainer:
             if resume is None and self.dist.is_main:
                 self._remove_unused_run_dir()
             raise
-
-    def _check_method_config(self, cfg: RunConfig) -> None:
-        """Refuse what can be refused before any data is read (seconds, not minutes)."""
-        self.method_cls.from_config(cfg, ["_"])  # method parameters
-        if self.method_cls.unlabeled_views and cfg.train.unlabeled_per_step == 0:
-            raise ConfigError(
-                f"train.unlabeled_batch_size = 0: method '{cfg.method.name}' learns from unlabeled "
-                "images; give at least 1 (default 4 × batch_size)"
-            )
 
     def _remove_unused_run_dir(self) -> None:
         """A run that failed at start-up leaves no folder behind (nothing was trained)."""
@@ -144,11 +137,14 @@ class Trainer:
         if cfg.train.init_from is not None and resume is None:
             self.model.load_state_dict(initial_weights(cfg.train.init_from, cfg, self.classes))
         check_capabilities(cfg.detector.name, self.model.capabilities, cfg.method.name, self.method_cls.requires)
+        self.cfg = cfg = resolve_for_detector(cfg, self.model)  # what config.yaml records
         self.method = self.method_cls.from_config(cfg, self.classes)
         self.method.check_detector(self.model)
         self.teacher: nn.Module | None = None
         if self.method_cls.uses_teacher:
             self.teacher = copy.deepcopy(self.model).eval().requires_grad_(False)
+            t = cfg.teacher
+            self.ema = EMA(t.momentum, t.gamma, t.min_momentum, t.buffers)
         self.optimizer = build_optimizer(self.model, cfg)
         self.scheduler = build_scheduler(self.optimizer, cfg.schedule)
         self.scaler = torch.amp.GradScaler(
@@ -225,6 +221,9 @@ class Trainer:
     def train_step(self, batch: Any) -> dict[str, float] | None:
         """One optimiser step; None when it was skipped for a non-finite loss or gradient."""
         labeled, unlabeled = self.data.to_device(batch, self.device)
+        burn_in = self.cfg.teacher.burn_in
+        if self.teacher is not None and self.iteration < burn_in:
+            unlabeled = None  # supervised only until the teacher is ready
         self.model.train()
         with autocast_context(self.device, self.amp_dtype):
             losses = self.step_module(labeled, unlabeled, self.iteration)
@@ -246,8 +245,10 @@ class Trainer:
             return None
         self.scaler.step(self.optimizer)
         self.scaler.update()
-        if self.teacher is not None:
-            self.method.update_teacher(self.teacher, self.model, self.iteration)
+        if self.teacher is not None and self.iteration < burn_in:
+            self.teacher.load_state_dict(self.model.state_dict())  # teacher = student when burn-in ends
+        elif self.teacher is not None:
+            self.ema.update(self.teacher, self.model, self.iteration - burn_in)
         out = {k: float(v.detach()) for k, v in losses.items()}
         out["loss"] = float(total.detach())
         out.update(self.method.stats)

@@ -64,6 +64,9 @@ class Method:
     unlabeled_views: ClassVar[tuple[str, ...]] = ()  # view pipelines each unlabeled image gets
     Params: ClassVar[type[BaseModel]] = NoParams
     default_repeat_factor_t: ClassVar[float | None] = None  # Labeled Resampling off unless set
+    # The method's defaults for the trainer's `teacher` section (keys of `TeacherConfig`):
+    # declared here, applied by the config, run by the trainer — a method never runs the EMA.
+    teacher_defaults: ClassVar[dict[str, Any]] = {}
 
     def __init__(self, params: BaseModel, cfg: RunConfig, class_names: list[str]) -> None:
         self.params = params
@@ -82,11 +85,18 @@ class Method:
             raise ConfigError(format_validation_error(exc, cls.Params, prefix="method.")) from None
         return cls(params, cfg, class_names)
 
+    @classmethod
+    def check_config(cls, cfg: RunConfig, params: BaseModel) -> None:
+        """Refuse settings that contradict the rest of the run, when the config is loaded
+        (before any data is read); raise `ConfigError` with one line."""
+        if cls.unlabeled_views and cfg.train.unlabeled_per_step == 0:
+            raise ConfigError(
+                f"train.unlabeled_batch_size = 0: method '{cfg.method.name}' learns from unlabeled "
+                "images; give at least 1 (default 4 × batch_size)"
+            )
+
     def check_detector(self, detector: nn.Module) -> None:
         """Refuse a detector that cannot serve this method (beyond capabilities), at start-up."""
-
-    def update_teacher(self, teacher: nn.Module, student: nn.Module, it: int) -> None:
-        """Called after each optimiser step when `uses_teacher` (Mean Teacher: EMA)."""
 
     def step(
         self,
@@ -96,6 +106,8 @@ class Method:
         unlabeled: dict[str, ViewBatch] | None,
         it: int,
     ) -> dict[str, Tensor]:
+        """The step's loss terms. `unlabeled` is None during the teacher's burn-in (the
+        trainer decides it): the step is then supervised only."""
         raise NotImplementedError
 
     def state_dict(self) -> dict[str, Any]:

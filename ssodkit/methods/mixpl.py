@@ -6,7 +6,8 @@ pseudo boxes; Pseudo Mixup of each current image with a cached one (its loss rep
 plain unlabeled loss, weight β); one Pseudo Mosaic of four cached images per iteration
 (weight 0.5·β), which turns large pseudo objects into small and medium ones. Random erasing
 drops boxes it hides (≥ 70 %); the score threshold is applied after mixing, then the
-per-image empty rule. Detector-agnostic: generic tier only.
+per-image empty rule (the `PseudoLabeler`'s filters and rule, so a user's `filters` and
+`class_score_thr` apply to the mixed boxes too). Detector-agnostic: generic tier only.
 """
 
 from __future__ import annotations
@@ -17,10 +18,12 @@ import torch
 from pydantic import BaseModel, Field, field_validator
 from torch import Tensor, nn
 
+from ssodkit.detectors.protocol import Detections
 from ssodkit.errors import ConfigError
 from ssodkit.methods.base import ModelHandle, ViewBatch, prefixed
 from ssodkit.methods.teacher_student import TeacherStudent, TeacherStudentParams
-from ssodkit.mixing import MixItem, erase_and_filter, filter_scores, pseudo_mixup, pseudo_mosaic
+from ssodkit.mixing import MixItem, erase_and_filter, pseudo_mixup, pseudo_mosaic
+from ssodkit.pseudo.labels import as_targets
 
 MOSAIC_SOURCES = 4
 
@@ -53,8 +56,9 @@ class MixPL(TeacherStudent):
     Params: ClassVar[type[BaseModel]] = MixPLParams
     default_repeat_factor_t: ClassVar[float | None] = 1e-3  # LVIS's t; recipes tune it
 
-    def __init__(self, params: MixPLParams, cfg: Any, class_names: list[str]) -> None:
-        super().__init__(params, cfg, class_names)
+    @classmethod
+    def check_config(cls, cfg: Any, params: BaseModel) -> None:
+        super().check_config(cfg, params)
         n_u = cfg.train.unlabeled_per_step
         if params.cache_size < n_u + MOSAIC_SOURCES:
             raise ConfigError(
@@ -62,6 +66,9 @@ class MixPL(TeacherStudent):
                 f"{MOSAIC_SOURCES} = {n_u + MOSAIC_SOURCES} (Mixup takes n_u cached images and "
                 f"Mosaic {MOSAIC_SOURCES} others)"
             )
+
+    def __init__(self, params: MixPLParams, cfg: Any, class_names: list[str]) -> None:
+        super().__init__(params, cfg, class_names)
         self.cache: list[MixItem] = []
         self.generator = torch.Generator().manual_seed(cfg.train.seed)
         self.image_mean: list[float] = [0.485, 0.456, 0.406]
@@ -114,16 +121,16 @@ class MixPL(TeacherStudent):
 
     # ------------------------------------------------------------------ losses
     def loss_on_items(self, student: ModelHandle, items: list[MixItem], weight: float, name: str) -> dict[str, Tensor]:
-        """Threshold after mixing, zero the weight of empty images, weighted student loss."""
-        kept = [filter_scores(i, self.params.score_thr) for i in items]
-        weights = torch.tensor([1.0 if len(i) else 0.0 for i in kept], device=items[0].image.device)
-        self.stats[f"{name}_pseudo_per_image"] = sum(len(i) for i in kept) / len(kept)
-        if float(weights.sum()) == 0:
+        """The pseudo-labeler's filters (the score threshold: after mixing, as in MixPL) and
+        empty-image rule on the mixed boxes, then the weighted student loss."""
+        pseudo = self.pseudo_labeler.select([Detections(i.boxes, i.scores, i.labels) for i in items])
+        self.stats[f"{name}_pseudo_per_image"] = sum(pseudo.counts) / len(items)
+        if float(pseudo.weights.sum()) == 0:
             return {}
         losses = student.loss(
-            [i.image for i in kept],
-            [{"boxes": i.boxes, "labels": i.labels} for i in kept],
-            image_weights=weights,
+            [i.image for i in items],
+            [as_targets(d) for d in pseudo.detections],
+            image_weights=pseudo.weights,
         )
         return prefixed(losses, f"unsup_{name}", weight)
 
@@ -133,7 +140,8 @@ class MixPL(TeacherStudent):
         p: MixPLParams = self.params
         weak, strong = unlabeled["weak"], unlabeled["strong"]
         # every score is kept: the threshold comes after mixing
-        projected = self.project_all(self.teacher_predict(teacher, weak), weak, strong)
+        labeler = self.pseudo_labeler
+        projected = labeler.project_all(labeler.predict(teacher, weak), weak, strong)
         fresh = [MixItem.from_detections(img, det) for img, det in zip(strong.images, projected)]
         current = [self._erase(i) for i in fresh] if p.erase else fresh
         ready = self.cache_full

@@ -21,12 +21,12 @@ from torchvision.ops import generalized_box_iou_loss
 from ssodkit.detectors.dense import SMOOTH_L1_BETA, DenseOutputs, crop_common, paired_levels
 from ssodkit.detectors.protocol import DENSE_OUTPUTS, TWO_STAGE
 from ssodkit.methods.base import ModelHandle, ViewBatch
-from ssodkit.methods.teacher_student import TeacherStudent, TeacherStudentParams
+from ssodkit.methods.teacher_student import StudentParams, TeacherStudent
 
 FOREGROUND_PROB = 0.5  # a teacher cell with max class prob above this counts as foreground
 
 
-class SEDParams(TeacherStudentParams):
+class SEDParams(StudentParams):
     unsup_weight: float = Field(1.0, ge=0, description="λ_u: L = L_s + λ_u·(λ_d·L_distill + λ_s·L_scale)")
     scale_weight: float = Field(1.0, ge=0, description="λ_s")
     distill_weight: float = Field(
@@ -80,7 +80,6 @@ class SEDParams(TeacherStudentParams):
         0.0, ge=0, description="two-stage: factor of the RPN's terms (1 = the paper; 0 = RoI-head terms only)"
     )
     roi_weight: float = Field(1.0, ge=0, description="two-stage: factor of the RoI-head terms (0 = RPN terms only)")
-    filters: list[str] = Field(default_factory=list, description="SED uses no hard threshold")
 
 
 def soft_bce(logits: Tensor, target_probs: Tensor) -> Tensor:
@@ -338,6 +337,10 @@ class SED(TeacherStudent):
     requires: ClassVar[frozenset[str]] = frozenset({DENSE_OUTPUTS})
     unlabeled_views: ClassVar[tuple[str, ...]] = ("weak", "strong=photometric_strong@weak")
     Params: ClassVar[type[BaseModel]] = SEDParams
+
+    def check_detector(self, detector: nn.Module) -> None:
+        """SED thresholds nothing: its targets are the teacher's soft outputs, so it has no
+        pseudo-labeler (and no `score_thr`, `filters`, … to set)."""
 
     def unsupervised_loss(
         self, student: ModelHandle, teacher: nn.Module, unlabeled: dict[str, ViewBatch], it: int

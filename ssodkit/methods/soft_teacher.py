@@ -45,13 +45,13 @@ class SoftTeacherParams(TeacherStudentParams):
     reg_pseudo_thr: float = Field(REG_PSEUDO_THR, ge=0, description="RoI regression targets: box-jitter uncertainty below this")
     jitter_times: int = Field(JITTER_TIMES, ge=2, description="jittered copies per box (a std needs two)")
     jitter_scale: float = Field(JITTER_SCALE, ge=0, description="jitter std as a fraction of box width/height")
-    ema_momentum: float | None = Field(1e-3, gt=0, le=1, description="constant m (official: 0.999 keep-rate)")
 
 
 class SoftTeacher(TeacherStudent):
     name = "soft_teacher"
     requires: ClassVar[frozenset[str]] = frozenset({TWO_STAGE})
     Params: ClassVar[type[BaseModel]] = SoftTeacherParams
+    teacher_defaults: ClassVar[dict[str, Any]] = {"momentum": 1e-3}  # official: keep-rate 0.999
 
     def __init__(self, params: SoftTeacherParams, cfg: Any, class_names: list[str]) -> None:
         super().__init__(params, cfg, class_names)
@@ -69,12 +69,11 @@ class SoftTeacher(TeacherStudent):
     def teacher_view(self, teacher: nn.Module, weak: ViewBatch) -> tuple[TeacherView, PseudoLabels]:
         """One teacher pass on the weak view: its features (kept for the filters) and its
         detections after the initial filters (score, empty image)."""
-        assert self.filters is not None, "check_detector() sets up the filters"
         teacher.eval()
         image_list, features = teacher.features(weak.images)
         detections = teacher.detect(image_list, features, teacher.proposals(image_list, features))
         view = TeacherView(teacher, image_list, features, weak.matrices)
-        return view, self.filters(PseudoLabels.from_detections(detections))
+        return view, self.pseudo_labeler.filter(PseudoLabels.from_detections(detections))
 
     def jitter_generator(self, weak: ViewBatch, it: int) -> torch.Generator:
         """Seeded by run seed, iteration and image ids: reproducible, exact on resume, and
@@ -90,12 +89,13 @@ class SoftTeacher(TeacherStudent):
         p: SoftTeacherParams = self.params
         weak, strong = unlabeled["weak"], unlabeled["strong"]
         view, pseudo = self.teacher_view(teacher, weak)
-        projected = self.project(pseudo, weak, strong)
+        labeler = self.pseudo_labeler
+        projected = labeler.empty_rule(labeler.project(pseudo, weak, strong))
         self.record_pseudo_stats(projected)
 
         def targets(subset: PseudoLabels) -> list[Target]:
             # projection is per box, so projecting a subset = taking the subset of the projection
-            return [as_targets(d) for d in self.project(subset, weak, strong).detections]
+            return [as_targets(d) for d in labeler.project_all(subset.detections, weak, strong)]
 
         rpn = targets(pseudo.map(lambda d: d[d.scores > p.rpn_pseudo_thr]))
         cls = targets(pseudo.map(lambda d: d[d.scores > p.cls_pseudo_thr]))

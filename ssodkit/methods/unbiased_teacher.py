@@ -9,7 +9,7 @@ copy of the student and follows it with a constant keep-rate of 0.9996.
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from pydantic import BaseModel, Field
 
@@ -19,12 +19,12 @@ from ssodkit.methods.teacher_student import TeacherStudent, TeacherStudentParams
 class UnbiasedTeacherParams(TeacherStudentParams):
     unsup_weight: float = Field(4.0, ge=0, description="β (official: 4)")
     score_thr: float | None = Field(0.7, ge=0, le=1, description="τ (official: 0.7)")
-    ema_momentum: float | None = Field(4e-4, gt=0, le=1, description="1 − keep-rate 0.9996")
-    burn_in: int = Field(2000, ge=0, description="supervised-only iterations (2000 on COCO)")
 
 
 class UnbiasedTeacher(TeacherStudent):
     name = "unbiased_teacher"
     Params: ClassVar[type[BaseModel]] = UnbiasedTeacherParams
+    # keep-rate 0.9996 (m = 4e-4) after a supervised burn-in (2000 iterations on COCO)
+    teacher_defaults: ClassVar[dict[str, Any]] = {"momentum": 4e-4, "burn_in": 2000}
     unsup_cls_only = True
     focal = True

@@ -7,11 +7,10 @@ from ssodkit.plugins.hookspecs import Register, hookimpl
 
 @hookimpl
 def register_filters(register: Register) -> None:
-    from ssodkit.pseudo.filters import class_agnostic_nms_filter, empty_image_filter, score_filter
+    from ssodkit.pseudo.filters import class_agnostic_nms_filter, score_filter
     from ssodkit.pseudo.soft_teacher import box_jitter_filter, reliability_filter
 
     register("score", score_filter)
-    register("empty_image", empty_image_filter)
     register("class_agnostic_nms", class_agnostic_nms_filter)
     register("box_jitter", box_jitter_filter)
     register("reliability", reliability_filter)
