@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from ssodkit.config import build_config, load_saved_config, save_config
-from ssodkit.errors import ConfigError
+from ssodkit.errors import ConfigError, SsodkitError
 
 
 def test_defaults_are_a_cpu_sized_synthetic_run():
@@ -50,16 +50,46 @@ def test_bad_yaml_names_the_line(tmp_path):
 
 
 def test_resolved_config_round_trips(tmp_path):
-    cfg = build_config(None, None, ["optim.lr=0.03", "method.some_param=4"])
+    cfg = build_config(None, None, ["optim.lr=0.03", "method.name=mean_teacher", "method.unsup_weight=4"])
     save_config(cfg, tmp_path / "config.yaml")
     again = load_saved_config(tmp_path / "config.yaml")
     assert again == cfg
-    assert again.method.params == {"some_param": 4}
+    assert again.method.params["unsup_weight"] == 4
+    assert again.method.params["drop_covered"] == 0.7  # defaults are written out too
 
 
-def test_method_params_are_validated_by_the_method():
-    from ssodkit.methods.supervised import Supervised
-
-    cfg = build_config(None, None, ["method.unsup_weight=2"])
+def test_method_params_are_validated_when_the_config_is_loaded():
     with pytest.raises(ConfigError, match="unknown config key 'method.unsup_weight'"):
-        Supervised.from_config(cfg, 3)
+        build_config(None, None, ["method.unsup_weight=2"])  # supervised takes no parameter
+    with pytest.raises(ConfigError, match="method.unsup_weight = 'x'"):
+        build_config(None, None, ["method.name=mean_teacher", "method.unsup_weight=x"])
+    with pytest.raises(SsodkitError, match="unknown method .mean_teachr."):
+        build_config(None, None, ["method.name=mean_teachr"])
+
+
+def test_teacher_settings_take_the_methods_declared_defaults_unless_set():
+    ut = build_config(None, None, ["method.name=unbiased_teacher"])
+    assert (ut.teacher.momentum, ut.teacher.burn_in) == (4e-4, 2000)  # keep-rate 0.9996, burn-in 2000
+    mine = build_config(None, None, ["method.name=unbiased_teacher", "teacher.burn_in=5"])
+    assert (mine.teacher.momentum, mine.teacher.burn_in) == (4e-4, 5)
+    mt = build_config(None, None, ["method.name=mean_teacher"])
+    assert (mt.teacher.momentum, mt.teacher.burn_in) == (None, 0)  # the schedule max(2e-4, 4/(4+t))
+
+
+def test_teacher_keys_under_method_point_to_the_teacher_section():
+    with pytest.raises(ConfigError, match="'method.burn_in' is now 'teacher.burn_in'"):
+        build_config(None, None, ["method.name=mean_teacher", "method.burn_in=5"])
+
+
+def test_a_config_saved_before_the_teacher_section_still_loads(tmp_path):
+    old = tmp_path / "config.yaml"
+    old.write_text("method:\n  name: unbiased_teacher\n  ema_momentum: 0.001\n  burn_in: 7\n")
+    cfg = load_saved_config(old)
+    assert (cfg.teacher.momentum, cfg.teacher.burn_in) == (0.001, 7)
+
+
+def test_the_empty_image_rule_is_a_setting_not_a_filter():
+    with pytest.raises(ConfigError, match="method.empty_images"):
+        build_config(None, None, ["method.name=mean_teacher", "method.filters=[score,empty_image]"])
+    assert build_config(None, None, ["method.name=mean_teacher", "method.empty_images=none"]).method.params[
+        "empty_images"] == "none"

@@ -63,7 +63,7 @@ def test_filters_keep_scores_above_tau_and_zero_empty_images():
     strict = ScoreThreshold(0.5, num_classes=2)(PseudoLabels.from_detections(dets))
     ruled = apply_empty_image_rule(strict, "per_image")
     assert ruled.counts == [1, 0] and ruled.weights.tolist() == [1.0, 0.0]
-    assert apply_empty_image_rule(strict, "off").weights.tolist() == [1.0, 1.0]  # the rule can be switched off
+    assert apply_empty_image_rule(strict, "none").weights.tolist() == [1.0, 1.0]  # the rule can be switched off
 
 
 def test_a_score_equal_to_tau_is_not_a_pseudo_label():

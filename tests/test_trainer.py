@@ -6,6 +6,8 @@ import os
 import signal
 
 import pytest
+
+from ssodkit.config import MethodConfig
 import torch
 
 from ssodkit.engine.checkpoint import load_checkpoint
@@ -117,11 +119,27 @@ def test_a_semi_supervised_method_without_unlabeled_images_per_step_is_refused(t
 def test_method_parameter_typos_are_refused_before_any_data_is_read(tiny_config):
     from ssodkit.errors import ConfigError
 
-    cfg = tiny_config(method__name="mean_teacher", method__score_trh=0.5, output__name="typo")
+    cfg = tiny_config(output__name="typo")
     cfg.data.train_ann = cfg.data.train_ann.parent / "does_not_exist.json"  # would fail later
+    cfg.method = MethodConfig(name="mean_teacher", score_trh=0.5)  # built without build_config
     with pytest.raises(ConfigError, match="unknown config key 'method.score_trh'; did you mean 'score_thr'"):
         Trainer(cfg)
     assert not (cfg.output.runs_dir / "typo").exists()
+    with pytest.raises(ConfigError, match="unknown config key 'method.score_trh'"):
+        tiny_config(method__name="mean_teacher", method__score_trh=0.5)  # refused when the config is loaded
+
+
+def test_config_yaml_records_every_value_the_run_used_and_reproduces_it(tiny_config):
+    from ssodkit.config import build_config, load_saved_config
+
+    trainer = Trainer(tiny_config(method__name="mean_teacher", output__name="resolved"))
+    try:
+        saved = load_saved_config(trainer.run_dir / "config.yaml")
+        assert saved.method.params["score_thr"] == 0.3  # FCOS's default, resolved once at start-up
+        assert saved.teacher.gamma == 4.0 and saved.method.params["filters"] == ["score"]
+        assert build_config(trainer.run_dir / "config.yaml") == saved == trainer.cfg
+    finally:
+        trainer.close()
 
 
 def test_init_from_starts_student_and_teacher_from_a_checkpoint_and_refuses_another_detector(tiny_config):

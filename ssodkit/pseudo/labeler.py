@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     from ssodkit.methods.base import ViewBatch
 
 DEFAULT_SCORE_THR = 0.5  # for detectors that do not declare their own `default_pseudo_thr`
-EmptyImages = Literal["per_image", "off"]
+EmptyImages = Literal["per_image", "none"]
 
 
 class PseudoLabelParams(BaseModel):
@@ -44,14 +44,14 @@ class PseudoLabelParams(BaseModel):
     empty_images: EmptyImages = Field(
         "per_image",
         description="an image left with no pseudo box adds no unsupervised loss (per_image), or trains as all "
-        "background (off)",
+        "background (none: no rule)",
     )
 
     @field_validator("filters")
     @classmethod
     def _no_empty_image_filter(cls, value: list[str]) -> list[str]:
         if "empty_image" in value:
-            raise ValueError("the empty-image rule is not a filter: it is method.empty_images (per_image or off)")
+            raise ValueError("the empty-image rule is not a filter: it is method.empty_images (per_image or none)")
         return value
 
 
@@ -67,7 +67,7 @@ def apply_empty_image_rule(pseudo: PseudoLabels, rule: EmptyImages) -> PseudoLab
 
     Without it, one-stage detectors learn that unlabeled images are all background and
     collapse (MixPL Table 1a: RetinaNet 17.9 → 34.1 AP)."""
-    if rule == "off":
+    if rule == "none":
         return pseudo
     counts = torch.tensor(pseudo.counts, device=pseudo.weights.device)
     return PseudoLabels(pseudo.detections, pseudo.weights * (counts > 0).float())
