@@ -192,6 +192,21 @@ def _data_tables(stats: DataStats) -> list[Table]:
     return [summary, classes]
 
 
+def repeat_factor_table(stats: DataStats) -> Table:
+    """Class, images containing it, ``f(c)`` and ``r(c)`` (``-`` for an absent class, never
+    sampled); rarest first, so the classes resampling repeats most lead."""
+    table = Table(
+        title=f"Labeled Resampling (t = {stats.resampling.t:g}, {stats.num_images} images)"
+    )
+    table.add_column("class")
+    for column in ("images", "f(c)", "r(c)"):
+        table.add_column(column, justify="right")
+    for c in sorted(stats.classes, key=lambda c: (c.images, c.category_id)):
+        frequency = c.images / stats.num_images if stats.num_images else 0.0
+        table.add_row(c.name, str(c.images), f"{frequency:.4f}", _num(c.repeat_factor))
+    return table
+
+
 def _sparkline(density: list[float]) -> str:
     """One block per bin on a log scale from SPARK_FLOOR (▁) to 1 (█), blank where empty or
     below the floor: TN's mass sits in the first bin by orders of magnitude, so a linear
@@ -307,7 +322,6 @@ def data(
 ) -> None:
     """Class and size profile of a COCO file and the Labeled Resampling factors it would get."""
     from ssodkit.data.coco import CHECK_REMEDY, load_coco
-    from ssodkit.data.resampling import repeat_factor_table
     from ssodkit.io import write_json_atomic
     from ssodkit.stats.data import compute_data_stats
 
@@ -316,7 +330,7 @@ def data(
     console = Console()
     for table in _data_tables(stats):
         console.print(table)
-    console.print(repeat_factor_table(coco, resampling_t))
+    console.print(repeat_factor_table(stats))
     r = stats.resampling
     console.print(
         f"Labeled Resampling: {r.images_repeated} of {stats.num_images} images repeated, "
