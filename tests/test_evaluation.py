@@ -14,6 +14,7 @@ import typer
 from typer.testing import CliRunner
 
 from ssodkit.cli.evaluate_cmd import register
+from ssodkit.cli.tables import per_class_table, results_table
 from ssodkit.errors import DataError, SsodkitError
 from ssodkit.evaluation.coco_eval import (
     STAT_FIELDS,
@@ -21,8 +22,6 @@ from ssodkit.evaluation.coco_eval import (
     detections_to_results,
     evaluate_coco,
     faster_coco_eval_available,
-    per_class_table,
-    results_table,
 )
 from ssodkit.io import write_json_atomic
 

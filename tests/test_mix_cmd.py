@@ -176,3 +176,19 @@ def test_unknown_image_id_in_pseudo_labels(inputs, tmp_path):
         "--out", tmp_path / "o",
     )
     assert result.exit_code == 2 and "image_id 99 is not in" in result.stderr
+
+
+def test_library_call_writes_what_the_command_writes(inputs, tmp_path):
+    from ssodkit.engine.mix import mix_to_disk
+
+    args = ["--images", inputs["folder"], "--pseudo", inputs["pseudo"], "--mode", "mixup", "--n", "3"]
+    assert run_cli("mix", *args, "--out", tmp_path / "cli").exit_code == 0
+    events: list[str] = []
+    summary = mix_to_disk(
+        inputs["folder"], inputs["pseudo"], tmp_path / "lib", mode="mixup", n=3,
+        on_start=lambda: events.append("start"), on_image=lambda: events.append("image"),
+    )
+    assert events == ["start", "image", "image", "image"]
+    assert summary.n_images == 3 and summary.category_source == "ids in pseudo.json (class_<id>)"
+    cli, lib = (json.loads((tmp_path / d / "mixed.json").read_text()) for d in ("cli", "lib"))
+    assert cli == lib

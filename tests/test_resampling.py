@@ -8,15 +8,16 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
+from ssodkit.cli.stats_cmd import repeat_factor_table
 from ssodkit.data.coco import CocoAnnotation, CocoCategory, CocoDataset, CocoImage
 from ssodkit.data.resampling import (
     class_image_counts,
     class_image_frequency,
-    repeat_factor_table,
     repeat_factors,
 )
 from ssodkit.data.sampler import InfiniteBatchSampler
 from ssodkit.errors import ConfigError
+from ssodkit.stats.data import compute_data_stats
 
 # Category ids are not contiguous on purpose: labels are indices over the sorted ids.
 HEAD, TAIL, MID, ABSENT = 3, 7, 9, 11
@@ -82,7 +83,7 @@ def test_repeat_factors_follow_the_given_image_order_and_threshold_edges():
 
 def test_table_lists_every_class_rarest_first():
     console = Console(record=True, width=100)
-    console.print(repeat_factor_table(fixture(), 0.5))
+    console.print(repeat_factor_table(compute_data_stats(fixture(), resampling_t=0.5)))
     text = console.export_text()
     assert "t = 0.5" in text
     rows = [line for line in text.splitlines() if any(n in line for n in ("head", "tail", "mid", "absent"))]

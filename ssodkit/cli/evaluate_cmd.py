@@ -75,7 +75,7 @@ def evaluate_predictions(ann: Path, predictions: Path, *, backend: str, out: Pat
 
 
 def _show(result: Any, title: str, *, per_class: bool) -> None:
-    from ssodkit.evaluation.coco_eval import per_class_table, results_table
+    from ssodkit.cli.tables import per_class_table, results_table
 
     console = Console()
     console.print(results_table(result, title))

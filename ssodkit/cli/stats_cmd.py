@@ -15,6 +15,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from ssodkit.cli.tables import pct
 from ssodkit.errors import ConfigError, DataError
 
 if TYPE_CHECKING:
@@ -58,10 +59,6 @@ def parse_thresholds(text: str) -> list[float]:
 
 
 # --------------------------------------------------------------------------- formatting
-def _pct(value: float | None) -> str:
-    return "-" if value is None else f"{100.0 * value:.1f}"
-
-
 def _ratio(pseudo: int, gt: int) -> str:
     return "-" if gt == 0 else f"{pseudo / gt:.2f}"
 
@@ -93,14 +90,14 @@ def _summary_table(stats: PseudoStats) -> Table:
     at, best = stats.at_score_thr, stats.best_f1
     table.add_row(
         f"P / R / F1 (IoU {stats.iou:g})",
-        f"{_pct(at.precision)} / {_pct(at.recall)} / {_pct(at.f1)} %",
+        f"{pct(at.precision)} / {pct(at.recall)} / {pct(at.f1)} %",
     )
     table.add_row("TP / FP / FN / on crowd", f"{at.tp} / {at.fp} / {at.fn} / {at.ignored}")
     if best is not None:
         table.add_row(
             f"best F1 (IoU {stats.iou:g})",
-            f"{_pct(best.f1)} % at score ≥ {best.threshold:g} "
-            f"(P {_pct(best.precision)}, R {_pct(best.recall)})",
+            f"{pct(best.f1)} % at score ≥ {best.threshold:g} "
+            f"(P {pct(best.precision)}, R {pct(best.recall)})",
         )
     return table
 
@@ -132,10 +129,10 @@ def _classes_table(stats: PseudoStats) -> Table:
             str(c.gt),
             str(c.pseudo),
             _ratio(c.pseudo, c.gt),
-            _pct(c.at_score_thr.precision),
-            _pct(c.at_score_thr.recall),
+            pct(c.at_score_thr.precision),
+            pct(c.at_score_thr.recall),
             "-" if best is None else f"{best.threshold:g}",
-            _pct(None if best is None else best.f1),
+            pct(None if best is None else best.f1),
         )
     return table
 
@@ -153,8 +150,8 @@ def _sweep_table(stats: PseudoStats) -> Table:
     for j, point in enumerate(main.points):
         cells = [f"{point.threshold:g}", str(point.tp + point.fp + point.ignored)]
         for s in sweeps:
-            cells += [_pct(s.points[j].precision), _pct(s.points[j].recall)]
-        table.add_row(*cells, _pct(point.f1))
+            cells += [pct(s.points[j].precision), pct(s.points[j].recall)]
+        table.add_row(*cells, pct(point.f1))
     return table
 
 
@@ -195,6 +192,21 @@ def _data_tables(stats: DataStats) -> list[Table]:
     return [summary, classes]
 
 
+def repeat_factor_table(stats: DataStats) -> Table:
+    """Class, images containing it, ``f(c)`` and ``r(c)`` (``-`` for an absent class, never
+    sampled); rarest first, so the classes resampling repeats most lead."""
+    table = Table(
+        title=f"Labeled Resampling (t = {stats.resampling.t:g}, {stats.num_images} images)"
+    )
+    table.add_column("class")
+    for column in ("images", "f(c)", "r(c)"):
+        table.add_column(column, justify="right")
+    for c in sorted(stats.classes, key=lambda c: (c.images, c.category_id)):
+        frequency = c.images / stats.num_images if stats.num_images else 0.0
+        table.add_row(c.name, str(c.images), f"{frequency:.4f}", _num(c.repeat_factor))
+    return table
+
+
 def _sparkline(density: list[float]) -> str:
     """One block per bin on a log scale from SPARK_FLOOR (▁) to 1 (█), blank where empty or
     below the floor: TN's mass sits in the first bin by orders of magnitude, so a linear
@@ -226,8 +238,8 @@ def _grad_table(stats: GradStats) -> Table:
         for i, g in enumerate(view.groups):
             table.add_row(
                 view.view if i == 0 else "", g.group, str(g.count), _num(g.mean_g, 3),
-                _pct(g.share), _pct(g.density[0] if g.count else None),
-                _pct(g.density[-1] if g.count else None), _sparkline(g.density),
+                pct(g.share), pct(g.density[0] if g.count else None),
+                pct(g.density[-1] if g.count else None), _sparkline(g.density),
                 end_section=i == len(view.groups) - 1,
             )
     return table
@@ -310,7 +322,6 @@ def data(
 ) -> None:
     """Class and size profile of a COCO file and the Labeled Resampling factors it would get."""
     from ssodkit.data.coco import CHECK_REMEDY, load_coco
-    from ssodkit.data.resampling import repeat_factor_table
     from ssodkit.io import write_json_atomic
     from ssodkit.stats.data import compute_data_stats
 
@@ -319,7 +330,7 @@ def data(
     console = Console()
     for table in _data_tables(stats):
         console.print(table)
-    console.print(repeat_factor_table(coco, resampling_t))
+    console.print(repeat_factor_table(stats))
     r = stats.resampling
     console.print(
         f"Labeled Resampling: {r.images_repeated} of {stats.num_images} images repeated, "

@@ -68,7 +68,7 @@ def train(
     """Train a detector (supervised or semi-supervised) and report COCO mAP."""
     from ssodkit.config import build_config, load_saved_config
     from ssodkit.engine.trainer import Trainer
-    from ssodkit.evaluation.coco_eval import per_class_table, results_table
+    from ssodkit.cli.tables import per_class_table, results_table
 
     given = {key: value for key, value in locals().items() if key in FLAG_KEYS and value is not None}
     if resume is not None:

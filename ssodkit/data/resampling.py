@@ -18,8 +18,6 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-from rich.table import Table
-
 from ssodkit.data.coco import CocoDataset
 from ssodkit.errors import ConfigError
 
@@ -87,20 +85,3 @@ def repeat_factors(
         raise ValueError(f"image ids not in the data set: {missing[:5]}")
     per_image = [max((per_class[c] for c in present[i]), default=1.0) for i in ids]
     return per_image, per_class
-
-
-def repeat_factor_table(coco: CocoDataset, t: float) -> Table:
-    """A rich table of class, images containing it, ``f(c)`` and ``r(c)``; rarest first."""
-    _check_threshold(t)
-    counts = class_image_counts(coco)
-    frequency = class_image_frequency(coco)
-    table = Table(title=f"Labeled Resampling (t = {t:g}, {len(coco.images)} images)")
-    table.add_column("class")
-    table.add_column("images", justify="right")
-    table.add_column("f(c)", justify="right")
-    table.add_column("r(c)", justify="right")
-    for c in sorted(counts, key=lambda k: (frequency[k], k)):
-        r = class_repeat_factor(frequency[c], t)
-        shown = "-" if math.isinf(r) else f"{r:.2f}"
-        table.add_row(coco.class_names[c], str(counts[c]), f"{frequency[c]:.4f}", shown)
-    return table

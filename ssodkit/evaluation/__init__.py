@@ -1,11 +1,8 @@
-"""COCO evaluation (faster-coco-eval if installed, else pycocotools; same numbers)."""
+"""COCO evaluation (faster-coco-eval if installed, else pycocotools; same numbers).
 
-from ssodkit.evaluation.coco_eval import (
-    EvalResult,
-    detections_to_results,
-    evaluate_coco,
-    per_class_table,
-    results_table,
-)
+Results are plain data (`EvalResult`); the CLI's tables of them are in `ssodkit.cli.tables`.
+"""
 
-__all__ = ["EvalResult", "detections_to_results", "evaluate_coco", "per_class_table", "results_table"]
+from ssodkit.evaluation.coco_eval import EvalResult, detections_to_results, evaluate_coco
+
+__all__ = ["EvalResult", "detections_to_results", "evaluate_coco"]

@@ -18,7 +18,6 @@ from typing import Any, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict
-from rich.table import Table
 
 from ssodkit.errors import DataError, SsodkitError
 
@@ -312,36 +311,3 @@ def detections_to_results(
         }
         for box, score, label in zip(xywh.tolist(), score_arr.tolist(), label_arr.tolist(), strict=True)
     ]
-
-
-# ---------------------------------------------------------------------------------------
-# rich tables
-
-
-def _pct(value: float | None) -> str:
-    return "-" if value is None else f"{100.0 * value:.1f}"
-
-
-def results_table(result: EvalResult, title: str = "COCO bbox") -> Table:
-    """One-row table of AP, AP50, AP75, APs, APm, APl in percent."""
-    table = Table(title=title)
-    columns = ("AP", "AP50", "AP75", "APs", "APm", "APl")
-    for column in columns:
-        table.add_column(column, justify="right")
-    table.add_row(*(_pct(v) for v in result.stats()[: len(columns)]))
-    return table
-
-
-def per_class_table(result: EvalResult, sort: Literal["ap", "name"] = "ap") -> Table:
-    """AP per class in percent, best first (classes without GT last) or alphabetical."""
-    items = list(result.per_class.items())
-    if sort == "name":
-        items.sort(key=lambda kv: kv[0])
-    else:
-        items.sort(key=lambda kv: (kv[1] is None, -(kv[1] or 0.0), kv[0]))
-    table = Table(title="AP per class")
-    table.add_column("class")
-    table.add_column("AP", justify="right")
-    for name, ap in items:
-        table.add_row(name, _pct(ap))
-    return table
