@@ -289,8 +289,9 @@ def make_mixes(
     import torch
 
     from ssodkit.mixing import filter_scores, pseudo_mixup, pseudo_mosaic
+    from ssodkit.rng import seeded_generator
 
-    g = torch.Generator().manual_seed(seed)
+    g = seeded_generator(seed)
     ids = inputs.coco.image_ids
     size_range = mosaic_size or default_mosaic_size(inputs.coco)
     for _ in range(n):

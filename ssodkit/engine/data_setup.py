@@ -19,6 +19,7 @@ from ssodkit.engine.distributed import DistInfo, barrier
 from ssodkit.errors import DataError
 from ssodkit.methods.base import ViewBatch
 from ssodkit.plugins import get_registry
+from ssodkit.rng import seeded_generator
 
 UNLABELED_SEED_OFFSET = 1_000_003  # separate stream from the labeled one
 
@@ -117,11 +118,11 @@ class MultiViewDataset(Dataset):
 
     def __getitem__(self, index: tuple[int, int]) -> dict[str, dict[str, Any]]:
         image_index, seed = index
-        plain = self.base._sample(image_index, torch.Generator().manual_seed(seed))  # identity view
+        plain = self.base._sample(image_index, seeded_generator(seed))  # identity view
         outputs: dict[str, Any] = {}
         samples: dict[str, dict[str, Any]] = {}
         for k, (key, (view, source)) in enumerate(self.views.items()):
-            generator = torch.Generator().manual_seed((seed * 31 + k) & 0x7FFFFFFF)
+            generator = seeded_generator(seed * 31 + k, bits=31)
             if source is None:
                 out = view(plain["image"], plain["boxes"], plain["labels"], generator)
             else:
@@ -192,7 +193,7 @@ class TrainData:
             persistent_workers=False, prefetch_factor=2 if workers else None,
             # its own generator: creating the iterator must not draw from the global RNG,
             # or a resumed run (RNG restored first) would diverge from an uninterrupted one
-            generator=torch.Generator().manual_seed(seed),
+            generator=seeded_generator(seed),
         )
         iterator = iter(loader)
         self._loaders.append(iterator)

@@ -21,6 +21,7 @@ from ssodkit.errors import ConfigError
 from ssodkit.methods.base import ModelHandle, ViewBatch, prefixed
 from ssodkit.methods.teacher_student import TeacherStudent, TeacherStudentParams
 from ssodkit.mixing import MixItem, erase_and_filter, filter_scores, pseudo_mixup, pseudo_mosaic
+from ssodkit.rng import seeded_generator
 
 MOSAIC_SOURCES = 4
 
@@ -63,7 +64,7 @@ class MixPL(TeacherStudent):
                 f"Mosaic {MOSAIC_SOURCES} others)"
             )
         self.cache: list[MixItem] = []
-        self.generator = torch.Generator().manual_seed(cfg.train.seed)
+        self.generator = seeded_generator(cfg.train.seed)
         self.image_mean: list[float] = [0.485, 0.456, 0.406]
 
     def check_detector(self, detector: nn.Module) -> None:

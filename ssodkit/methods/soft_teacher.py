@@ -35,6 +35,7 @@ from ssodkit.pseudo.soft_teacher import (
     BoxJitter,
     TeacherView,
 )
+from ssodkit.rng import derive_seed, seeded_generator
 
 
 class SoftTeacherParams(TeacherStudentParams):
@@ -79,8 +80,7 @@ class SoftTeacher(TeacherStudent):
     def jitter_generator(self, weak: ViewBatch, it: int) -> torch.Generator:
         """Seeded by run seed, iteration and image ids: reproducible, exact on resume, and
         different on every rank without knowing the rank."""
-        seed = hash((self.cfg.train.seed, it, *map(int, weak.image_ids))) & 0x7FFF_FFFF_FFFF_FFFF
-        return torch.Generator().manual_seed(seed)
+        return seeded_generator(derive_seed(self.cfg.train.seed, it, *map(int, weak.image_ids)))
 
     # ------------------------------------------------------------------ losses
     def unsupervised_loss(

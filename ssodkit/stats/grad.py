@@ -53,6 +53,7 @@ from ssodkit.detectors.protocol import DENSE_OUTPUTS, Detections, Target
 from ssodkit.errors import CapabilityError, ConfigError, DataError, SsodkitError, unknown_name
 from ssodkit.mixing import MixItem, Placement, pseudo_mixup, pseudo_mosaic
 from ssodkit.pseudo.labels import DROP_COVERED, project_detections
+from ssodkit.rng import SEED_BITS, seeded_generator
 from ssodkit.views.geometry import MIN_BOX_SIZE, identity_matrix
 from ssodkit.views.ops import ViewState
 
@@ -206,8 +207,7 @@ def _project(det: Detections, m_from: Tensor, state: ViewState, drop_covered: fl
 def _generator(seed: int, index: int, view: str) -> torch.Generator:
     """Independent, reproducible randomness per (seed, image, view): choosing fewer views
     never changes the ones that remain."""
-    key = (seed * 1_000_003 + index) * len(VIEWS) + VIEWS.index(view)
-    return torch.Generator().manual_seed(key & 0x7FFF_FFFF_FFFF_FFFF)
+    return seeded_generator((seed * 1_000_003 + index) * len(VIEWS) + VIEWS.index(view), bits=SEED_BITS)
 
 
 def _place(target: Target, placement: Placement) -> Target:
