@@ -17,6 +17,7 @@ import torch
 from pydantic import BaseModel, Field, field_validator
 from torch import Tensor, nn
 
+from ssodkit.erasing import DROP_COVERED
 from ssodkit.errors import ConfigError
 from ssodkit.methods.base import ModelHandle, ViewBatch, prefixed
 from ssodkit.methods.teacher_student import TeacherStudent, TeacherStudentParams
@@ -39,7 +40,7 @@ class MixPLParams(TeacherStudentParams):
     erase: bool = True
     erase_patches: tuple[int, int] = Field((1, 19), description="patch count, uniform in [low, high]")
     erase_max_ratio: float = Field(0.1, gt=0, le=1, description="patch side ≤ ratio × image side")
-    erase_thr: float = Field(0.7, ge=0, le=1, description="drop boxes at least this much erased")
+    erase_thr: float = Field(DROP_COVERED, ge=0, le=1, description="drop boxes at least this much erased")
 
     @field_validator("mosaic_size", "erase_patches")
     @classmethod

@@ -50,9 +50,10 @@ from pydantic import BaseModel
 from torch import Tensor, nn
 
 from ssodkit.detectors.protocol import DENSE_OUTPUTS, Detections, Target
+from ssodkit.erasing import DROP_COVERED
 from ssodkit.errors import CapabilityError, ConfigError, DataError, SsodkitError, unknown_name
 from ssodkit.mixing import MixItem, Placement, pseudo_mixup, pseudo_mosaic
-from ssodkit.pseudo.labels import DROP_COVERED, project_detections
+from ssodkit.pseudo.labels import project_detections
 from ssodkit.rng import SEED_BITS, seeded_generator
 from ssodkit.views.geometry import MIN_BOX_SIZE, identity_matrix
 from ssodkit.views.ops import ViewState
