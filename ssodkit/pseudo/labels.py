@@ -8,8 +8,7 @@ import torch
 from torch import Tensor
 
 from ssodkit.detectors.protocol import Detections
-# DROP_COVERED is also imported from here by the methods' params
-from ssodkit.erasing import DROP_COVERED, visible
+from ssodkit.erasing import DROP_COVERED, visible  # DROP_COVERED: re-exported
 from ssodkit.views.geometry import project_boxes
 
 
