@@ -18,7 +18,7 @@ from ssodkit.data.splits import split_dataset
 from ssodkit.engine.distributed import DistInfo, barrier
 from ssodkit.errors import DataError
 from ssodkit.methods.base import ViewBatch
-from ssodkit.plugins import get_registry
+from ssodkit.plugins import build_view
 from ssodkit.rng import seeded_generator
 
 UNLABELED_SEED_OFFSET = 1_000_003  # separate stream from the labeled one
@@ -250,10 +250,9 @@ def build_train_data(
     cfg: RunConfig, run_dir: Path, dist: DistInfo, unlabeled_views: tuple[str, ...],
     default_repeat_factor_t: float | None = None,
 ) -> TrainData:
-    registry = get_registry()
     need_unlabeled = bool(unlabeled_views)
     sources = resolve_sources(cfg, run_dir, dist, need_unlabeled)
-    labeled_view = registry.get("views", "labeled")(cfg.views)
+    labeled_view = build_view("labeled", cfg.views)
     train_dataset = LabeledDataset(sources.train, labeled_view)
     if len(train_dataset) == 0:
         raise DataError(f"{sources.train.source}: no image with a (non-crowd) box to train on")
@@ -264,10 +263,10 @@ def build_train_data(
         views = {}
         for spec in unlabeled_views:
             key, view, source = parse_view_spec(spec)
-            views[key] = (registry.get("views", view)(cfg.views), source)
+            views[key] = (build_view(view, cfg.views), source)
         unlabeled_dataset = MultiViewDataset(UnlabeledDataset(sources.unlabeled, identity_view), views)
     val_dataset = None
     if sources.val is not None:
-        val_dataset = EvalDataset(sources.val, registry.get("views", "eval")(cfg.views))
+        val_dataset = EvalDataset(sources.val, build_view("eval", cfg.views))
     factors = labeled_repeat_factors(cfg, train_dataset, default_repeat_factor_t)
     return TrainData(cfg, dist, sources, train_dataset, unlabeled_dataset, val_dataset, factors)

@@ -25,7 +25,7 @@ from ssodkit.detectors.base import per_sample_weights
 from ssodkit.detectors.protocol import TWO_STAGE, Target
 from ssodkit.methods.base import ModelHandle, ViewBatch, prefixed
 from ssodkit.methods.teacher_student import TeacherStudent, TeacherStudentParams
-from ssodkit.plugins import get_registry
+from ssodkit.plugins import build_filter
 from ssodkit.pseudo.labels import PseudoLabels, as_targets
 from ssodkit.pseudo.soft_teacher import (
     JITTER_SCALE,
@@ -61,9 +61,8 @@ class SoftTeacher(TeacherStudent):
 
     def check_detector(self, detector: nn.Module) -> None:
         super().check_detector(detector)
-        registry = get_registry()
-        self.box_jitter = registry.get("filters", "box_jitter")(self.params, self.class_names)
-        self.reliability = registry.get("filters", "reliability")(self.params, self.class_names)
+        self.box_jitter = build_filter("box_jitter", self.params, self.class_names)
+        self.reliability = build_filter("reliability", self.params, self.class_names)
 
     # ------------------------------------------------------------------ teacher
     @torch.no_grad()

@@ -455,10 +455,10 @@ def _run_param(cfg: RunConfig, name: str, default: Any) -> Any:
     if value is None:
         from pydantic import ValidationError
 
-        from ssodkit.plugins import get_registry
+        from ssodkit.plugins import method_class
 
         try:
-            method = get_registry().get("methods", cfg.method.name)
+            method = method_class(cfg.method.name)
             value = getattr(method.Params.model_validate(cfg.method.params), name, None)
         except (SsodkitError, ValidationError):  # a method no longer installed, or changed: fall back
             value = None
