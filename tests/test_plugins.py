@@ -18,6 +18,15 @@ from ssodkit.plugins import get_plugin_manager, get_registry, plugin_entries, re
 from ssodkit.plugins.manager import BUILTIN_PLUGINS
 
 
+RAISES_WHILE_REGISTERING = """
+    from ssodkit.plugins import hookimpl
+
+    @hookimpl
+    def register_detectors(register):
+        raise RuntimeError("boom")
+"""
+
+
 @pytest.fixture
 def fresh_plugins(monkeypatch):
     reset_plugin_manager()
@@ -84,13 +93,7 @@ def test_external_plugins_load_only_when_selected(fresh_plugins, tmp_path):
 
 
 def test_plugin_that_raises_while_registering_is_named(fresh_plugins, tmp_path):
-    install_fake_distribution(tmp_path, fresh_plugins, """
-        from ssodkit.plugins import hookimpl
-
-        @hookimpl
-        def register_detectors(register):
-            raise RuntimeError("boom")
-    """, dist="ssodkit-broken")
+    install_fake_distribution(tmp_path, fresh_plugins, RAISES_WHILE_REGISTERING, dist="ssodkit-broken")
     fresh_plugins.setenv("SSODKIT_LOAD_PLUGINS", "ssodkit-broken")
     with pytest.raises(SsodkitError, match=r"plugin 'demo' from distribution 'ssodkit-broken' 0.3.1 raised while registering detectors: RuntimeError: boom"):
         get_registry()
@@ -132,13 +135,7 @@ def test_stale_builtin_entry_points_of_an_older_install_are_ignored(fresh_plugin
 
 
 def test_registry_is_collected_only_when_a_name_is_looked_up(fresh_plugins, tmp_path):
-    install_fake_distribution(tmp_path, fresh_plugins, """
-        from ssodkit.plugins import hookimpl
-
-        @hookimpl
-        def register_detectors(register):
-            raise RuntimeError("boom")
-    """, dist="ssodkit-broken")
+    install_fake_distribution(tmp_path, fresh_plugins, RAISES_WHILE_REGISTERING, dist="ssodkit-broken")
     fresh_plugins.setenv("SSODKIT_LOAD_PLUGINS", "ssodkit-broken")
     get_plugin_manager().add_commands(object())  # what building the app does: no registration
     with pytest.raises(SsodkitError, match="plugin 'demo' from distribution 'ssodkit-broken'"):
