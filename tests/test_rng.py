@@ -47,7 +47,8 @@ def test_multi_view_dataset_seeds_each_view_from_the_sample_seed():
             return {"image": g.initial_seed(), "boxes": None, "labels": None}
 
     def view(image, boxes, labels, g):
-        return SimpleNamespace(image=(image, g.initial_seed()), boxes=None, labels=None, matrix=None, erased=None)
+        seeds = (image, g.initial_seed())
+        return SimpleNamespace(image=seeds, boxes=None, labels=None, matrix=None, erased=None)
 
     out = MultiViewDataset(Base(), {"weak": (view, None), "strong": (view, None)})[(0, 2**31 - 5)]
     assert out["weak"]["image"] == (2147483643, 2147483493)

@@ -20,7 +20,7 @@ import importlib
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import lru_cache, partial
 from importlib import metadata
 from types import ModuleType
 from typing import Any
@@ -114,7 +114,7 @@ class PluginManager:
         self.pm.add_hookspecs(hookspecs)
         self.providers: dict[str, Provider] = {}
         for plugin, module_path in BUILTIN_PLUGINS:
-            self._load(_builtin_provider(plugin), lambda path=module_path: importlib.import_module(path))
+            self._load(_builtin_provider(plugin), partial(importlib.import_module, module_path))
         for ep in metadata.entry_points(group="ssodkit"):
             provider = _entry_point_provider(ep)
             if provider.distribution == BUILTIN_DIST:

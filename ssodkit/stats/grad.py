@@ -208,7 +208,8 @@ def _project(det: Detections, m_from: Tensor, state: ViewState, drop_covered: fl
 def _generator(seed: int, index: int, view: str) -> torch.Generator:
     """Independent, reproducible randomness per (seed, image, view): choosing fewer views
     never changes the ones that remain."""
-    return seeded_generator((seed * 1_000_003 + index) * len(VIEWS) + VIEWS.index(view), bits=SEED_BITS)
+    key = (seed * 1_000_003 + index) * len(VIEWS) + VIEWS.index(view)
+    return seeded_generator(key, bits=SEED_BITS)
 
 
 def _place(target: Target, placement: Placement) -> Target:
