@@ -306,9 +306,9 @@ def resolve_method(cfg: RunConfig) -> RunConfig:
 
     Detector-dependent values (a pseudo-label threshold of `null`) are resolved later, once,
     when the detector is built (`resolve_for_detector`)."""
-    from ssodkit.plugins import get_registry
+    from ssodkit.plugins import method_class
 
-    method = get_registry().get("methods", cfg.method.name)
+    method = method_class(cfg.method.name)
     moved = sorted(set(cfg.method.params) & set(MOVED_TO_TEACHER))
     if moved:
         hints = ", ".join(f"'method.{k}' is now 'teacher.{MOVED_TO_TEACHER[k]}'" for k in moved)

@@ -53,14 +53,12 @@ import torch
 import torchvision.transforms.v2.functional as F
 from torch import Tensor
 
+from ssodkit.erasing import DROP_COVERED, Fill, blank, draw_patches, visible
+from ssodkit.rng import coin, randint
 from ssodkit.views.geometry import MIN_BOX_SIZE
-from ssodkit.views.ops import covered_fraction, erased_mask
 
 if TYPE_CHECKING:
     from ssodkit.detectors.protocol import Detections
-
-Fill = float | Sequence[float] | Tensor
-"""Canvas value where no image lies: a scalar or one value per channel."""
 
 MOSAIC_SIZE_DIVISOR = 16
 """The reference rounds the mosaic tile box up to a multiple of 16."""
@@ -167,20 +165,6 @@ class MixItem:
 # --------------------------------------------------------------------------- randomness
 
 
-def _uniform(g: torch.Generator, low: float, high: float) -> float:
-    u = torch.rand((), generator=g, device=g.device, dtype=torch.float64)
-    return low + (high - low) * float(u)
-
-
-def _randint(g: torch.Generator, low: int, high: int) -> int:
-    """Uniform integer in ``[low, high]`` (both ends included)."""
-    return int(torch.randint(low, high + 1, (), generator=g, device=g.device))
-
-
-def _coin(g: torch.Generator, p: float) -> bool:
-    return _uniform(g, 0.0, 1.0) < p
-
-
 def _beta(g: torch.Generator, alpha: float) -> float:
     """``Beta(alpha, alpha)`` from two gamma draws (``torch.distributions`` takes no generator)."""
     gammas = torch._standard_gamma(
@@ -272,7 +256,7 @@ def _check_compatible(items: Sequence[MixItem]) -> None:
 
 def _random_offset(g: torch.Generator, canvas: tuple[int, int], size: tuple[int, int]) -> tuple[int, int]:
     """Uniform integer top-left ``(x, y)`` keeping a ``size`` image inside ``canvas``."""
-    return _randint(g, 0, canvas[1] - size[1]), _randint(g, 0, canvas[0] - size[0])
+    return randint(g, 0, canvas[1] - size[1]), randint(g, 0, canvas[0] - size[0])
 
 
 def pseudo_mixup(
@@ -303,7 +287,7 @@ def pseudo_mixup(
     lam = float(ratio) if ratio is not None else _beta(g, alpha)
     target = fit_size if fit_size is not None else a.size
     scale = min(target[0] / b.size[0], target[1] / b.size[1])
-    flip = _coin(g, flip_p)
+    flip = coin(g, flip_p)
     b_image, b_scale = _scaled_copy(b.image, scale, flip)
     b_size = (int(b_image.shape[-2]), int(b_image.shape[-1]))
     canvas_size = (max(a.size[0], b_size[0]), max(a.size[1], b_size[1]))
@@ -359,8 +343,8 @@ def pseudo_mosaic(
     _check_compatible(items)
     copies, scales, flips = [], [], []
     for item in items:
-        longer = _randint(g, low, high)
-        flip = _coin(g, flip_p)
+        longer = randint(g, low, high)
+        flip = coin(g, flip_p)
         image, scale = _scaled_copy(item.image, longer / max(item.size), flip)
         copies.append(image)
         scales.append(scale)
@@ -395,34 +379,18 @@ def erase_patches(
     patch is ``int(r·H) × int(r·W)`` with one ``r ~ U(0, max_ratio)`` for both sides, placed
     uniformly inside the image. A patch can be empty (``r·H < 1``), as in the reference.
     """
-    h, w = size
-    rects = []
-    for _ in range(_randint(g, *n_patches)):
-        r = _uniform(g, 0.0, max_ratio)
-        ph, pw = int(h * r), int(w * r)
-        x1, y1 = _randint(g, 0, w - pw), _randint(g, 0, h - ph)
-        rects.append([x1, y1, x1 + pw, y1 + ph])
-    return torch.tensor(rects, dtype=torch.float32).reshape(-1, 4)
+    return draw_patches(size, g, n_patches=n_patches, max_frac=max_ratio, sides="shared")
 
 
 def apply_erasing(
-    item: MixItem, rects: Tensor, *, fill: Fill = 0.0, drop_covered: float = 0.7
+    item: MixItem, rects: Tensor, *, fill: Fill = 0.0, drop_covered: float = DROP_COVERED
 ) -> MixItem:
     """Blank integer xyxy ``rects``; drop boxes whose area the *union* of rects covers
-    ≥ ``drop_covered``. A pseudo box on an object the student cannot see would teach it
-    to hallucinate; measuring the union (not the sum) keeps overlapping patches from
-    counting twice."""
-    image = item.image.clone()
-    value = torch.as_tensor(fill, dtype=image.dtype, device=image.device).reshape(-1, 1, 1)
-    rects_cpu = rects.detach().to("cpu")
-    for x1, y1, x2, y2 in rects_cpu.to(torch.int64).tolist():
-        image[:, y1:y2, x1:x2] = value
-    erased = replace(item, image=image)
+    ≥ ``drop_covered`` (see :mod:`ssodkit.erasing`)."""
+    erased = replace(item, image=blank(item.image, rects, fill))
     if len(item) == 0:
         return erased
-    # The shared helpers build the mask on the CPU: the boxes (a few dozen numbers) go there.
-    covered = covered_fraction(item.boxes.detach().to("cpu"), erased_mask(rects_cpu, item.size))
-    return erased.select((covered < drop_covered).to(item.boxes.device))
+    return erased.select(visible(item.boxes, rects, item.size, drop_covered))
 
 
 def erase_and_filter(
@@ -432,7 +400,7 @@ def erase_and_filter(
     n_patches: tuple[int, int] = (1, 19),
     max_ratio: float = 0.1,
     fill: Fill = 0.0,
-    drop_covered: float = 0.7,
+    drop_covered: float = DROP_COVERED,
 ) -> MixItem:
     """MixPL's random erasing: :func:`erase_patches` then :func:`apply_erasing`."""
     rects = erase_patches(item.size, g, n_patches=n_patches, max_ratio=max_ratio)

@@ -281,7 +281,7 @@ def test_erasing_drops_boxes_whose_union_coverage_reaches_seventy_percent():
 
 @pytest.mark.parametrize("seed", range(5))
 def test_erase_and_filter_matches_its_patches(seed):
-    from ssodkit.views.ops import covered_fraction, erased_mask
+    from ssodkit.erasing import covered_fraction, erased_mask
 
     h, w = 60, 80
     boxes = [[x, y, x + 12, y + 9] for x in range(0, 68, 12) for y in range(0, 51, 9)]

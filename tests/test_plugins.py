@@ -1,15 +1,30 @@
-"""Plugin manager: built-ins through entry points, third-party plugins, clear failures."""
+"""Plugin manager: built-ins through the hooks, third-party plugins, clear failures, a
+registry collected only when used."""
 
 from __future__ import annotations
 
 import importlib
+import os
+import subprocess
 import sys
 import textwrap
+from importlib import metadata
+from pathlib import Path
 
 import pytest
 
 from ssodkit.errors import SsodkitError
-from ssodkit.plugins import get_registry, reset_plugin_manager
+from ssodkit.plugins import get_plugin_manager, get_registry, plugin_entries, reset_plugin_manager
+from ssodkit.plugins.manager import BUILTIN_PLUGINS
+
+
+RAISES_WHILE_REGISTERING = """
+    from ssodkit.plugins import hookimpl
+
+    @hookimpl
+    def register_detectors(register):
+        raise RuntimeError("boom")
+"""
 
 
 @pytest.fixture
@@ -19,13 +34,16 @@ def fresh_plugins(monkeypatch):
     reset_plugin_manager()
 
 
-def install_fake_distribution(tmp_path, monkeypatch, module_source: str, dist: str = "ssodkit-demo") -> None:
+def install_fake_distribution(
+    tmp_path, monkeypatch, module_source: str, dist: str = "ssodkit-demo",
+    entry_points: str = "demo = demo_plugin",
+) -> None:
     """A real installed distribution (dist-info + entry point) on sys.path, no pip needed."""
     (tmp_path / "demo_plugin.py").write_text(textwrap.dedent(module_source))
     info = tmp_path / f"{dist.replace('-', '_')}-0.3.1.dist-info"
     info.mkdir()
     (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: 0.3.1\n")
-    (info / "entry_points.txt").write_text("[ssodkit]\ndemo = demo_plugin\n")
+    (info / "entry_points.txt").write_text(f"[ssodkit]\n{entry_points}\n")
     monkeypatch.syspath_prepend(str(tmp_path))
     sys.modules.pop("demo_plugin", None)
     importlib.invalidate_caches()
@@ -75,13 +93,7 @@ def test_external_plugins_load_only_when_selected(fresh_plugins, tmp_path):
 
 
 def test_plugin_that_raises_while_registering_is_named(fresh_plugins, tmp_path):
-    install_fake_distribution(tmp_path, fresh_plugins, """
-        from ssodkit.plugins import hookimpl
-
-        @hookimpl
-        def register_detectors(register):
-            raise RuntimeError("boom")
-    """, dist="ssodkit-broken")
+    install_fake_distribution(tmp_path, fresh_plugins, RAISES_WHILE_REGISTERING, dist="ssodkit-broken")
     fresh_plugins.setenv("SSODKIT_LOAD_PLUGINS", "ssodkit-broken")
     with pytest.raises(SsodkitError, match=r"plugin 'demo' from distribution 'ssodkit-broken' 0.3.1 raised while registering detectors: RuntimeError: boom"):
         get_registry()
@@ -103,3 +115,39 @@ def test_plugins_command_lists_builtins(fresh_plugins, cli):
     names = {(r["kind"], r["name"]) for r in rows}
     assert {("detector", "fcos"), ("method", "supervised"), ("view", "strong")} <= names
     assert all(r["package"] == "ssodkit" for r in rows)
+
+
+def test_builtins_register_without_installed_metadata(fresh_plugins):
+    """A source checkout (no dist-info) gets the same built-ins, from the same hooks."""
+    fresh_plugins.setattr(metadata, "entry_points", lambda **kw: [])
+    plugins = {(e.provider.plugin, e.provider.distribution) for e in plugin_entries()}
+    assert plugins == {(name, "ssodkit") for name, _ in BUILTIN_PLUGINS}
+
+
+def test_stale_builtin_entry_points_of_an_older_install_are_ignored(fresh_plugins, tmp_path):
+    install_fake_distribution(
+        tmp_path, fresh_plugins, "raise RuntimeError('must not be imported')\n", dist="ssodkit",
+        entry_points="builtin_detectors = demo_plugin",
+    )
+    fresh_plugins.setenv("SSODKIT_LOAD_PLUGINS", "ssodkit")
+    entry = plugin_entries("detectors")[0]
+    assert (entry.provider.plugin, entry.provider.distribution) == ("builtin_detectors", "ssodkit")
+
+
+def test_registry_is_collected_only_when_a_name_is_looked_up(fresh_plugins, tmp_path):
+    install_fake_distribution(tmp_path, fresh_plugins, RAISES_WHILE_REGISTERING, dist="ssodkit-broken")
+    fresh_plugins.setenv("SSODKIT_LOAD_PLUGINS", "ssodkit-broken")
+    get_plugin_manager().add_commands(object())  # what building the app does: no registration
+    with pytest.raises(SsodkitError, match="plugin 'demo' from distribution 'ssodkit-broken'"):
+        get_registry()
+
+
+def test_building_the_app_does_not_import_torch():
+    """`ssodkit --help` and `--version` stay fast: plugins load, nothing heavy registers."""
+    code = "import sys; from ssodkit.cli.app import build_app; build_app(); print('torch' in sys.modules)"
+    root = Path(__file__).resolve().parents[1]
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=root, capture_output=True, text=True, check=True,
+        env={**os.environ, "PYTHONPATH": str(root)},
+    )
+    assert out.stdout.strip() == "False", out.stderr

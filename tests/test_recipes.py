@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from ssodkit.config import build_config
-from ssodkit.plugins import get_registry
+from ssodkit.plugins import method_class, plugin_entries
 
 RECIPES = sorted(p for p in (Path(__file__).parents[1] / "recipes").rglob("*.yaml") if "_base_" not in p.parts)
 
@@ -19,8 +19,6 @@ def test_there_are_recipes_for_both_settings():
 @pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: f"{p.parent.name}/{p.stem}")
 def test_recipe_validates(recipe):
     cfg = build_config(recipe)
-    registry = get_registry()
-    method_cls = registry.get("methods", cfg.method.name)
-    method_cls.from_config(cfg, ["a", "b"])
-    assert cfg.detector.name in registry.names("detectors")
+    method_class(cfg.method.name).from_config(cfg, ["a", "b"])
+    assert cfg.detector.name in {e.name for e in plugin_entries("detectors")}
     assert recipe.stem == f"{cfg.method.name}_{cfg.detector.name}"

@@ -10,6 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
+from ssodkit.erasing import covered_fraction
 from ssodkit.views.config import ViewConfig
 from ssodkit.views.geometry import identity_matrix, project_boxes, transform_boxes
 from ssodkit.views.ops import (
@@ -25,7 +26,6 @@ from ssodkit.views.ops import (
     RandomTranslate,
     Resize,
     ViewState,
-    covered_fraction,
     erase,
     rand_augment_colour_ops,
 )

@@ -14,15 +14,12 @@ def plugins(
     as_json: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
 ) -> None:
     """List registered detectors, methods, pseudo-label filters and views."""
-    from ssodkit.plugins import get_registry
-    from ssodkit.plugins.manager import KINDS
+    from ssodkit.plugins import plugin_entries
 
-    registry = get_registry()
     rows = [
-        {"kind": kind[:-1], "name": e.name, "package": e.provider.distribution,
+        {"kind": e.kind[:-1], "name": e.name, "package": e.provider.distribution,
          "version": e.provider.version, "plugin": e.provider.plugin}
-        for kind in KINDS
-        for e in registry.entries(kind)
+        for e in plugin_entries()
     ]
     if as_json:
         typer.echo(json.dumps(rows, indent=2))

@@ -14,6 +14,7 @@ from torch.utils.data import Dataset
 
 from ssodkit.data.coco import CocoDataset
 from ssodkit.data.images import load_image
+from ssodkit.rng import seeded_generator
 
 Sample = dict[str, Any]
 
@@ -101,7 +102,7 @@ class LabeledDataset(_CocoImages):
 
     def __getitem__(self, index: tuple[int, int]) -> Sample:
         image_index, seed = index
-        return self._sample(image_index, torch.Generator().manual_seed(seed))
+        return self._sample(image_index, seeded_generator(seed))
 
 
 class UnlabeledDataset(_CocoImages):
@@ -113,7 +114,7 @@ class UnlabeledDataset(_CocoImages):
 
     def __getitem__(self, index: tuple[int, int]) -> Sample:
         image_index, seed = index
-        return self._sample(image_index, torch.Generator().manual_seed(seed))
+        return self._sample(image_index, seeded_generator(seed))
 
 
 class EvalDataset(_CocoImages):
@@ -123,7 +124,7 @@ class EvalDataset(_CocoImages):
         super().__init__(coco, view, coco.image_ids, with_targets=True)
 
     def __getitem__(self, index: int) -> Sample:
-        return self._sample(index, torch.Generator().manual_seed(0))
+        return self._sample(index, seeded_generator(0))
 
 
 def collate_samples(batch: list[Sample]) -> list[Sample]:

@@ -12,6 +12,8 @@ from collections.abc import Iterator, Sequence
 
 import numpy as np
 
+from ssodkit.rng import derive_seed
+
 SampleKey = tuple[int, int]  # (image index, augmentation seed)
 
 
@@ -70,7 +72,7 @@ class InfiniteBatchSampler:
             epoch_indices = self._epoch(epoch)
         while True:
             for offset in range(position - consumed, len(epoch_indices)):
-                sample_seed = hash((self.seed, self.rank, consumed + offset)) & 0x7FFFFFFF
+                sample_seed = derive_seed(self.seed, self.rank, consumed + offset, bits=31)
                 yield int(epoch_indices[offset]), sample_seed
             consumed += len(epoch_indices)
             position = consumed

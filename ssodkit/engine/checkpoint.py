@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import os
-import random
 import tempfile
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from ssodkit.errors import SsodkitError
+from ssodkit.rng import rng_state, set_rng_state  # noqa: F401 - saved in every checkpoint
 
 CHECKPOINT_VERSION = 1
 
@@ -41,22 +40,3 @@ def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dic
     if not isinstance(state, dict) or "student" not in state or "config" not in state:
         raise SsodkitError(f"{path}: not an ssodkit checkpoint (no 'student'/'config' entries)")
     return state
-
-
-def rng_state() -> dict[str, Any]:
-    state = {
-        "python": random.getstate(),
-        "numpy": np.random.get_state(),
-        "torch": torch.get_rng_state(),
-    }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: dict[str, Any]) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])

@@ -18,7 +18,8 @@ from ssodkit.data.splits import split_dataset
 from ssodkit.engine.distributed import DistInfo, barrier
 from ssodkit.errors import DataError
 from ssodkit.methods.base import ViewBatch
-from ssodkit.plugins import get_registry
+from ssodkit.plugins import build_view
+from ssodkit.rng import seeded_generator
 
 UNLABELED_SEED_OFFSET = 1_000_003  # separate stream from the labeled one
 
@@ -117,11 +118,11 @@ class MultiViewDataset(Dataset):
 
     def __getitem__(self, index: tuple[int, int]) -> dict[str, dict[str, Any]]:
         image_index, seed = index
-        plain = self.base._sample(image_index, torch.Generator().manual_seed(seed))  # identity view
+        plain = self.base._sample(image_index, seeded_generator(seed))  # identity view
         outputs: dict[str, Any] = {}
         samples: dict[str, dict[str, Any]] = {}
         for k, (key, (view, source)) in enumerate(self.views.items()):
-            generator = torch.Generator().manual_seed((seed * 31 + k) & 0x7FFFFFFF)
+            generator = seeded_generator(seed * 31 + k, bits=31)
             if source is None:
                 out = view(plain["image"], plain["boxes"], plain["labels"], generator)
             else:
@@ -192,7 +193,7 @@ class TrainData:
             persistent_workers=False, prefetch_factor=2 if workers else None,
             # its own generator: creating the iterator must not draw from the global RNG,
             # or a resumed run (RNG restored first) would diverge from an uninterrupted one
-            generator=torch.Generator().manual_seed(seed),
+            generator=seeded_generator(seed),
         )
         iterator = iter(loader)
         self._loaders.append(iterator)
@@ -249,10 +250,9 @@ def build_train_data(
     cfg: RunConfig, run_dir: Path, dist: DistInfo, unlabeled_views: tuple[str, ...],
     default_repeat_factor_t: float | None = None,
 ) -> TrainData:
-    registry = get_registry()
     need_unlabeled = bool(unlabeled_views)
     sources = resolve_sources(cfg, run_dir, dist, need_unlabeled)
-    labeled_view = registry.get("views", "labeled")(cfg.views)
+    labeled_view = build_view("labeled", cfg.views)
     train_dataset = LabeledDataset(sources.train, labeled_view)
     if len(train_dataset) == 0:
         raise DataError(f"{sources.train.source}: no image with a (non-crowd) box to train on")
@@ -263,10 +263,10 @@ def build_train_data(
         views = {}
         for spec in unlabeled_views:
             key, view, source = parse_view_spec(spec)
-            views[key] = (registry.get("views", view)(cfg.views), source)
+            views[key] = (build_view(view, cfg.views), source)
         unlabeled_dataset = MultiViewDataset(UnlabeledDataset(sources.unlabeled, identity_view), views)
     val_dataset = None
     if sources.val is not None:
-        val_dataset = EvalDataset(sources.val, registry.get("views", "eval")(cfg.views))
+        val_dataset = EvalDataset(sources.val, build_view("eval", cfg.views))
     factors = labeled_repeat_factors(cfg, train_dataset, default_repeat_factor_t)
     return TrainData(cfg, dist, sources, train_dataset, unlabeled_dataset, val_dataset, factors)

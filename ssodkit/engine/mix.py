@@ -33,6 +33,7 @@ from ssodkit.data.images import load_image
 from ssodkit.errors import DataError, SsodkitError, unknown_name
 from ssodkit.io import write_json_atomic
 from ssodkit.mixing import MixItem, filter_scores, pseudo_mixup, pseudo_mosaic
+from ssodkit.rng import seeded_generator
 
 MODES = {"mixup": 2, "mosaic": 4}  # mode → images per mix
 IMAGE_CACHE_SIZE = 32
@@ -201,7 +202,7 @@ def make_mixes(
     mosaic_size: tuple[int, int] | None = None,
 ) -> Iterator[Mixed]:
     """``n`` mixes of distinct random images; one generator drives choice and mixing."""
-    g = torch.Generator().manual_seed(seed)
+    g = seeded_generator(seed)
     ids = inputs.coco.image_ids
     size_range = mosaic_size or default_mosaic_size(inputs.coco)
     for _ in range(n):

@@ -41,7 +41,7 @@ from ssodkit.engine.schedule import build_scheduler
 from ssodkit.errors import SsodkitError
 from ssodkit.evaluation.coco_eval import EvalResult
 from ssodkit.methods.base import Method, ModelHandle
-from ssodkit.plugins import get_registry
+from ssodkit.plugins import build_view, method_class
 from ssodkit.pseudo.labeler import resolve_for_detector
 
 
@@ -112,7 +112,7 @@ class Trainer:
         if cfg.train.deterministic:
             torch.use_deterministic_algorithms(True, warn_only=True)
 
-        self.method_cls: type[Method] = get_registry().get("methods", cfg.method.name)
+        self.method_cls: type[Method] = method_class(cfg.method.name)
         self.run_dir = resume if resume is not None else self._new_run_dir()
         try:
             self._set_up(cfg, resume)
@@ -290,7 +290,7 @@ class Trainer:
         from ssodkit.stats.pseudo import pseudo_label_quality
 
         subset = gt.subset(gt.image_ids[:n])
-        dataset = EvalDataset(subset, get_registry().get("views", "eval")(self.cfg.views))
+        dataset = EvalDataset(subset, build_view("eval", self.cfg.views))
         results = predict_results(
             self.teacher, dataset, self.data.index_to_cat_id, batch_size=self.cfg.eval.batch_size,
             device=self.device, dist=self.dist, amp_dtype=self.amp_dtype,

@@ -19,11 +19,13 @@ from pydantic import BaseModel, Field, field_validator
 from torch import Tensor, nn
 
 from ssodkit.detectors.protocol import Detections
+from ssodkit.erasing import DROP_COVERED
 from ssodkit.errors import ConfigError
 from ssodkit.methods.base import ModelHandle, ViewBatch, prefixed
 from ssodkit.methods.teacher_student import TeacherStudent, TeacherStudentParams
 from ssodkit.mixing import MixItem, erase_and_filter, pseudo_mixup, pseudo_mosaic
 from ssodkit.pseudo.labels import as_targets
+from ssodkit.rng import seeded_generator
 
 MOSAIC_SOURCES = 4
 
@@ -41,7 +43,7 @@ class MixPLParams(TeacherStudentParams):
     erase: bool = True
     erase_patches: tuple[int, int] = Field((1, 19), description="patch count, uniform in [low, high]")
     erase_max_ratio: float = Field(0.1, gt=0, le=1, description="patch side ≤ ratio × image side")
-    erase_thr: float = Field(0.7, ge=0, le=1, description="drop boxes at least this much erased")
+    erase_thr: float = Field(DROP_COVERED, ge=0, le=1, description="drop boxes at least this much erased")
 
     @field_validator("mosaic_size", "erase_patches")
     @classmethod
@@ -70,7 +72,7 @@ class MixPL(TeacherStudent):
     def __init__(self, params: MixPLParams, cfg: Any, class_names: list[str]) -> None:
         super().__init__(params, cfg, class_names)
         self.cache: list[MixItem] = []
-        self.generator = torch.Generator().manual_seed(cfg.train.seed)
+        self.generator = seeded_generator(cfg.train.seed)
         self.image_mean: list[float] = [0.485, 0.456, 0.406]
 
     def check_detector(self, detector: nn.Module) -> None:

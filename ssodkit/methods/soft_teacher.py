@@ -25,7 +25,7 @@ from ssodkit.detectors.base import per_sample_weights
 from ssodkit.detectors.protocol import TWO_STAGE, Target
 from ssodkit.methods.base import ModelHandle, ViewBatch, prefixed
 from ssodkit.methods.teacher_student import TeacherStudent, TeacherStudentParams
-from ssodkit.plugins import get_registry
+from ssodkit.plugins import build_filter
 from ssodkit.pseudo.labels import PseudoLabels, as_targets
 from ssodkit.pseudo.soft_teacher import (
     JITTER_SCALE,
@@ -35,6 +35,7 @@ from ssodkit.pseudo.soft_teacher import (
     BoxJitter,
     TeacherView,
 )
+from ssodkit.rng import derive_seed, seeded_generator
 
 
 class SoftTeacherParams(TeacherStudentParams):
@@ -60,9 +61,8 @@ class SoftTeacher(TeacherStudent):
 
     def check_detector(self, detector: nn.Module) -> None:
         super().check_detector(detector)
-        registry = get_registry()
-        self.box_jitter = registry.get("filters", "box_jitter")(self.params, self.class_names)
-        self.reliability = registry.get("filters", "reliability")(self.params, self.class_names)
+        self.box_jitter = build_filter("box_jitter", self.params, self.class_names)
+        self.reliability = build_filter("reliability", self.params, self.class_names)
 
     # ------------------------------------------------------------------ teacher
     @torch.no_grad()
@@ -78,8 +78,7 @@ class SoftTeacher(TeacherStudent):
     def jitter_generator(self, weak: ViewBatch, it: int) -> torch.Generator:
         """Seeded by run seed, iteration and image ids: reproducible, exact on resume, and
         different on every rank without knowing the rank."""
-        seed = hash((self.cfg.train.seed, it, *map(int, weak.image_ids))) & 0x7FFF_FFFF_FFFF_FFFF
-        return torch.Generator().manual_seed(seed)
+        return seeded_generator(derive_seed(self.cfg.train.seed, it, *map(int, weak.image_ids)))
 
     # ------------------------------------------------------------------ losses
     def unsupervised_loss(

@@ -2,7 +2,7 @@
 
 Every hook receives a `register` callback rather than returning a list (the llm/datasette
 pattern), so one plugin can register several things and the manager knows who registered
-what. Built-ins use the very same hooks through the `ssodkit` entry-point group.
+what. Built-ins use the very same hooks (`BUILTIN_PLUGINS` in `manager`).
 """
 
 from __future__ import annotations

@@ -1,17 +1,26 @@
-"""Plugin manager: loads the `ssodkit` entry points and collects what they register.
+"""Plugin manager: loads the built-in plugins and the `ssodkit` entry points, and collects
+what they register.
 
-Built-ins are entry points of the `ssodkit` distribution, so every test exercises the same
-path a third-party plugin takes. `SSODKIT_LOAD_PLUGINS` selects external plugins:
-unset loads all, an empty string loads none, otherwise a comma list of distribution or
-entry-point names.
+The built-ins are listed once, in `BUILTIN_PLUGINS`, and registered on the pluggy manager
+as plugins of the `ssodkit` distribution, exactly as an entry point's module would be (the
+llm pattern), so every test exercises the hooks a third-party plugin uses; they are not
+entry points too, so a source tree without installed metadata behaves like an install.
+`SSODKIT_LOAD_PLUGINS` selects external plugins: unset loads all, an empty string loads
+none, otherwise a comma list of distribution or entry-point names.
+
+Loading a plugin only imports its module, which must stay light (no torch at import): the
+`ssodkit` app loads every plugin to let it add commands. The registry of detectors,
+methods, filters and views is collected on first use, since the registration hooks import
+torch and the models, which `ssodkit --help` never needs.
 """
 
 from __future__ import annotations
 
 import importlib
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import lru_cache, partial
 from importlib import metadata
 from types import ModuleType
 from typing import Any
@@ -23,13 +32,13 @@ from ssodkit.plugins import hookspecs
 
 KINDS = ("detectors", "methods", "filters", "views")
 BUILTIN_DIST = "ssodkit"
-# Used when ssodkit runs from a source tree without installed metadata.
-BUILTIN_MODULES = {
-    "builtin_detectors": "ssodkit.detectors.registration",
-    "builtin_methods": "ssodkit.methods.registration",
-    "builtin_filters": "ssodkit.pseudo.registration",
-    "builtin_views": "ssodkit.views.registration",
-}
+BUILTIN_PLUGINS: tuple[tuple[str, str], ...] = (
+    ("builtin_detectors", "ssodkit.detectors.registration"),
+    ("builtin_methods", "ssodkit.methods.registration"),
+    ("builtin_filters", "ssodkit.pseudo.registration"),
+    ("builtin_views", "ssodkit.views.registration"),
+)
+"""(plugin name, module) of every built-in plugin: the one list of them."""
 
 
 @dataclass(frozen=True)
@@ -83,57 +92,56 @@ def _selected_external(env: str | None) -> set[str] | None:
     return {part.strip() for part in env.split(",") if part.strip()}
 
 
-def _provider(ep: metadata.EntryPoint | None, plugin: str) -> Provider:
-    dist = getattr(ep, "dist", None) if ep is not None else None
-    if dist is None:
-        from ssodkit import __version__
+def _builtin_provider(plugin: str) -> Provider:
+    from ssodkit import __version__
 
-        return Provider(plugin, BUILTIN_DIST, __version__)
-    return Provider(plugin, dist.metadata["Name"] or "?", dist.version or "?")
+    return Provider(plugin, BUILTIN_DIST, __version__)
+
+
+def _entry_point_provider(ep: metadata.EntryPoint) -> Provider:
+    dist = getattr(ep, "dist", None)
+    if dist is None:
+        return Provider(ep.name, "?", "?")
+    return Provider(ep.name, dist.metadata["Name"] or "?", dist.version or "?")
 
 
 class PluginManager:
-    """Loads plugins once and builds the registry; errors name the failing distribution."""
+    """Loads plugins once and builds the registry on first use; errors name the failing
+    plugin and distribution."""
 
     def __init__(self, load_external: set[str] | None = None) -> None:
         self.pm = pluggy.PluginManager("ssodkit")
         self.pm.add_hookspecs(hookspecs)
         self.providers: dict[str, Provider] = {}
-        self._load(load_external)
-        self.registry = self._collect()
-
-    def _register_module(self, module: ModuleType, provider: Provider) -> None:
-        if self.pm.is_registered(module):
-            return
-        self.pm.register(module, name=provider.plugin)
-        self.providers[provider.plugin] = provider
-
-    def _load(self, load_external: set[str] | None) -> None:
-        seen_builtin: set[str] = set()
+        for plugin, module_path in BUILTIN_PLUGINS:
+            self._load(_builtin_provider(plugin), partial(importlib.import_module, module_path))
         for ep in metadata.entry_points(group="ssodkit"):
-            provider = _provider(ep, ep.name)
-            is_builtin = provider.distribution == BUILTIN_DIST
-            if is_builtin:
-                if ep.name in seen_builtin or ep.name not in BUILTIN_MODULES:
-                    continue
-                seen_builtin.add(ep.name)
-            elif load_external is not None and not (
-                {provider.distribution, ep.name} & load_external
-            ):
-                continue
-            try:
-                module = ep.load()
-            except Exception as exc:  # noqa: BLE001 - any import failure is the plugin's
-                raise SsodkitError(
-                    f"plugin '{ep.name}' from distribution '{provider.distribution}' "
-                    f"{provider.version} failed to load: {type(exc).__name__}: {exc}"
-                ) from exc
-            self._register_module(module, provider)
-        for name, module_path in BUILTIN_MODULES.items():
-            if name not in seen_builtin:
-                self._register_module(
-                    importlib.import_module(module_path), _provider(None, name)
-                )
+            provider = _entry_point_provider(ep)
+            if provider.distribution == BUILTIN_DIST:
+                continue  # an older install's metadata listing the built-ins: loaded above
+            if load_external is None or {provider.distribution, ep.name} & load_external:
+                self._load(provider, ep.load)
+        self._registry: Registry | None = None
+
+    def _load(self, provider: Provider, load: Callable[[], ModuleType]) -> None:
+        """Import a plugin's module and register it on the pluggy manager."""
+        try:
+            module = load()
+        except Exception as exc:  # noqa: BLE001 - any import failure is the plugin's
+            raise SsodkitError(
+                f"plugin '{provider.plugin}' from distribution '{provider.distribution}' "
+                f"{provider.version} failed to load: {type(exc).__name__}: {exc}"
+            ) from exc
+        if not self.pm.is_registered(module):
+            self.pm.register(module, name=provider.plugin)
+            self.providers[provider.plugin] = provider
+
+    @property
+    def registry(self) -> Registry:
+        """Everything the plugins register, collected on first use (see the module doc)."""
+        if self._registry is None:
+            self._registry = self._collect()
+        return self._registry
 
     def _collect(self) -> Registry:
         registry = Registry()
@@ -177,6 +185,7 @@ def get_plugin_manager() -> PluginManager:
 
 
 def get_registry() -> Registry:
+    """The registry, for `ssodkit.plugins.factories` (library code resolves names there)."""
     return get_plugin_manager().registry
 
 

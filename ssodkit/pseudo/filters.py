@@ -102,12 +102,11 @@ def class_agnostic_nms_filter(params: Any, class_names: list[str]) -> ClassAgnos
 
 
 def build_filter_chain(names: Sequence[str], params: Any, class_names: list[str]) -> FilterChain:
-    from ssodkit.plugins import get_registry
+    from ssodkit.plugins import build_filter
 
-    registry = get_registry()
     filters = []
     for name in names:
-        built = registry.get("filters", name)(params, class_names)
+        built = build_filter(name, params, class_names)
         if not getattr(built, "standalone", True):
             raise ConfigError(
                 f"method.filters: '{name}' works on the teacher's RoI head inside soft_teacher and "

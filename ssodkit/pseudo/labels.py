@@ -8,10 +8,8 @@ import torch
 from torch import Tensor
 
 from ssodkit.detectors.protocol import Detections
+from ssodkit.erasing import DROP_COVERED, visible  # DROP_COVERED: re-exported
 from ssodkit.views.geometry import project_boxes
-from ssodkit.views.ops import covered_fraction, erased_mask
-
-DROP_COVERED = 0.7  # a pseudo box this much erased is no longer visible (mmdet, MixPL)
 
 
 @dataclass
@@ -53,9 +51,7 @@ def project_detections(
     out = det[keep.to(device)]
     out.boxes = boxes.to(device=device, dtype=torch.float32)
     if erased is not None and erased.numel() and len(out):
-        mask = erased_mask(erased.cpu(), size_to)
-        visible = covered_fraction(out.boxes.cpu(), mask) < drop_covered
-        out = out[visible.to(device)]
+        out = out[visible(out.boxes, erased, size_to, drop_covered)]
     return out
 
 

@@ -50,9 +50,11 @@ from pydantic import BaseModel
 from torch import Tensor, nn
 
 from ssodkit.detectors.protocol import DENSE_OUTPUTS, Detections, Target
+from ssodkit.erasing import DROP_COVERED
 from ssodkit.errors import CapabilityError, ConfigError, DataError, SsodkitError, unknown_name
 from ssodkit.mixing import MixItem, Placement, pseudo_mixup, pseudo_mosaic
-from ssodkit.pseudo.labels import DROP_COVERED, project_detections
+from ssodkit.pseudo.labels import project_detections
+from ssodkit.rng import SEED_BITS, seeded_generator
 from ssodkit.views.geometry import MIN_BOX_SIZE, identity_matrix
 from ssodkit.views.ops import ViewState
 
@@ -207,7 +209,7 @@ def _generator(seed: int, index: int, view: str) -> torch.Generator:
     """Independent, reproducible randomness per (seed, image, view): choosing fewer views
     never changes the ones that remain."""
     key = (seed * 1_000_003 + index) * len(VIEWS) + VIEWS.index(view)
-    return torch.Generator().manual_seed(key & 0x7FFF_FFFF_FFFF_FFFF)
+    return seeded_generator(key, bits=SEED_BITS)
 
 
 def _place(target: Target, placement: Placement) -> Target:
@@ -454,10 +456,10 @@ def _run_param(cfg: RunConfig, name: str, default: Any) -> Any:
     if value is None:
         from pydantic import ValidationError
 
-        from ssodkit.plugins import get_registry
+        from ssodkit.plugins import method_class
 
         try:
-            method = get_registry().get("methods", cfg.method.name)
+            method = method_class(cfg.method.name)
             value = getattr(method.Params.model_validate(cfg.method.params), name, None)
         except (SsodkitError, ValidationError):  # a method no longer installed, or changed: fall back
             value = None

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from ssodkit.erasing import DROP_COVERED
+
 
 def _int_range(name: str, value: tuple[int, int], minimum: int) -> tuple[int, int]:
     """Check a ``(min, max)`` pair: both at least ``minimum`` and in order."""
@@ -46,7 +48,8 @@ class ViewConfig(BaseModel):
         0.2, gt=0.0, le=1.0, description="largest erased patch side, fraction of the image side"
     )
     erase_drop_covered: float = Field(
-        0.7, ge=0.0, le=1.0, description="drop boxes at least this much erased (union of patches)"
+        DROP_COVERED, ge=0.0, le=1.0,
+        description="drop boxes at least this much erased (union of patches)",
     )
     strong_color: bool = Field(True, description="strong view applies one RandAugment colour op")
     strong_geometric: bool = Field(True, description="strong view applies one geometric op")

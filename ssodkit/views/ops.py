@@ -39,6 +39,8 @@ import torchvision.transforms.v2.functional as F
 from torch import Tensor
 from torchvision.transforms import InterpolationMode
 
+from ssodkit.erasing import DROP_COVERED, blank, draw_patches, visible
+from ssodkit.rng import coin, randint, uniform
 from ssodkit.views.geometry import (
     MIN_BOX_SIZE,
     hflip_matrix,
@@ -84,22 +86,6 @@ class Op(Protocol):
     """One augmentation step."""
 
     def __call__(self, state: ViewState, g: torch.Generator) -> ViewState: ...
-
-
-# --- randomness: everything from the generator ------------------------------------------
-
-
-def _uniform(g: torch.Generator, low: float, high: float) -> float:
-    return low + (high - low) * float(torch.rand((), generator=g, dtype=torch.float64))
-
-
-def _randint(g: torch.Generator, low: int, high: int) -> int:
-    """Uniform integer in ``[low, high]`` (both ends included)."""
-    return int(torch.randint(low, high + 1, (), generator=g))
-
-
-def _coin(g: torch.Generator, p: float) -> bool:
-    return float(torch.rand((), generator=g, dtype=torch.float64)) < p
 
 
 # --- geometric ops -----------------------------------------------------------------------
@@ -149,7 +135,7 @@ class RandomResize:
     max_size: int
 
     def __call__(self, state: ViewState, g: torch.Generator) -> ViewState:
-        short_side = _randint(g, *self.short_side_range)
+        short_side = randint(g, *self.short_side_range)
         return _resize_by(state, _scale_for(state.size, short_side, self.max_size))
 
 
@@ -160,7 +146,7 @@ class RandomHFlip:
     p: float = 0.5
 
     def __call__(self, state: ViewState, g: torch.Generator) -> ViewState:
-        if not _coin(g, self.p):
+        if not coin(g, self.p):
             return state
         return _warp(state, F.horizontal_flip(state.image), hflip_matrix(state.size[1]))
 
@@ -179,7 +165,7 @@ class RandomRotate:
     fill: int = 0
 
     def __call__(self, state: ViewState, g: torch.Generator) -> ViewState:
-        deg = _uniform(g, -self.max_deg, self.max_deg)
+        deg = uniform(g, -self.max_deg, self.max_deg)
         image = F.affine(
             state.image, angle=deg, translate=[0.0, 0.0], scale=1.0, shear=[0.0, 0.0],
             interpolation=InterpolationMode.BILINEAR, fill=self.fill,
@@ -193,7 +179,7 @@ Axis = Literal["x", "y"]
 def _pick_axis(axis: Axis | None, g: torch.Generator) -> Axis:
     if axis is not None:
         return axis
-    return "x" if _coin(g, 0.5) else "y"
+    return "x" if coin(g, 0.5) else "y"
 
 
 @dataclass(frozen=True)
@@ -206,7 +192,7 @@ class RandomShear:
 
     def __call__(self, state: ViewState, g: torch.Generator) -> ViewState:
         axis = _pick_axis(self.axis, g)
-        deg = _uniform(g, -self.max_deg, self.max_deg)
+        deg = uniform(g, -self.max_deg, self.max_deg)
         shear = [deg, 0.0] if axis == "x" else [0.0, deg]
         image = F.affine(
             state.image, angle=0.0, translate=[0.0, 0.0], scale=1.0, shear=shear,
@@ -229,7 +215,7 @@ class RandomTranslate:
     def __call__(self, state: ViewState, g: torch.Generator) -> ViewState:
         axis = _pick_axis(self.axis, g)
         h, w = state.size
-        shift = round(_uniform(g, -self.max_frac, self.max_frac) * (w if axis == "x" else h))
+        shift = round(uniform(g, -self.max_frac, self.max_frac) * (w if axis == "x" else h))
         tx, ty = (shift, 0) if axis == "x" else (0, shift)
         image = F.affine(
             state.image, angle=0.0, translate=[tx, ty], scale=1.0, shear=[0.0, 0.0],
@@ -248,7 +234,7 @@ class RandomChoice:
     ops: tuple[Op, ...]
 
     def __call__(self, state: ViewState, g: torch.Generator) -> ViewState:
-        return self.ops[_randint(g, 0, len(self.ops) - 1)](state, g)
+        return self.ops[randint(g, 0, len(self.ops) - 1)](state, g)
 
 
 @dataclass(frozen=True)
@@ -311,7 +297,7 @@ class ColorJitter:
         for i in torch.randperm(len(steps), generator=g).tolist():
             strength, adjust, low, high = steps[i]
             if strength > 0:
-                image = adjust(image, _uniform(g, low, high))
+                image = adjust(image, uniform(g, low, high))
         return state.with_image(image)
 
 
@@ -351,7 +337,7 @@ class _EnhanceOp:
     _adjust: ClassVar[Callable[[Tensor, float], Tensor]]  # set by each subclass
 
     def __call__(self, state: ViewState, g: torch.Generator) -> ViewState:
-        return state.with_image(self._adjust(state.image, _uniform(g, self.min_mag, self.max_mag)))
+        return state.with_image(self._adjust(state.image, uniform(g, self.min_mag, self.max_mag)))
 
 
 class Sharpness(_EnhanceOp):
@@ -386,7 +372,7 @@ class Posterize:
     max_bits: int = 4
 
     def __call__(self, state: ViewState, g: torch.Generator) -> ViewState:
-        return state.with_image(F.posterize(state.image, _randint(g, self.min_bits, self.max_bits)))
+        return state.with_image(F.posterize(state.image, randint(g, self.min_bits, self.max_bits)))
 
 
 @dataclass(frozen=True)
@@ -397,7 +383,7 @@ class Solarize:
     max_threshold: float = 256.0
 
     def __call__(self, state: ViewState, g: torch.Generator) -> ViewState:
-        threshold = _uniform(g, self.min_threshold, self.max_threshold)
+        threshold = uniform(g, self.min_threshold, self.max_threshold)
         if threshold > 255:  # nothing to invert; torchvision rejects thresholds above 255
             return state
         return state.with_image(F.solarize(state.image, threshold))
@@ -428,33 +414,6 @@ class RandomColorOp(RandomChoice):
 # --- erasing -----------------------------------------------------------------------------
 
 
-def erased_mask(rects: Tensor, size: tuple[int, int]) -> Tensor:
-    """Boolean ``[H, W]`` mask of the union of integer xyxy rectangles."""
-    mask = torch.zeros(size, dtype=torch.bool)
-    for x1, y1, x2, y2 in rects.to(torch.int64).tolist():
-        mask[y1:y2, x1:x2] = True
-    return mask
-
-
-def covered_fraction(boxes: Tensor, mask: Tensor) -> Tensor:
-    """Exact fraction of each box's area under ``mask`` (a union, so overlaps count once).
-
-    Each pixel contributes the area it shares with the box; that area factorises into an
-    x-overlap times a y-overlap, so the whole thing is one ``wy · mask · wx`` product.
-    """
-    h, w = mask.shape
-    b = boxes.to(torch.float64)
-
-    def overlap(lo: Tensor, hi: Tensor, n: int) -> Tensor:
-        edges = torch.arange(n, dtype=torch.float64)
-        return (torch.minimum(hi[:, None], edges + 1) - torch.maximum(lo[:, None], edges)).clamp(min=0)
-
-    wx, wy = overlap(b[:, 0], b[:, 2], w), overlap(b[:, 1], b[:, 3], h)
-    covered = torch.einsum("ny,yx,nx->n", wy, mask.to(torch.float64), wx)
-    area = (b[:, 2] - b[:, 0]).clamp(min=0) * (b[:, 3] - b[:, 1]).clamp(min=0)
-    return covered / area.clamp(min=1e-12)
-
-
 @dataclass(frozen=True)
 class RandomErasing:
     """Blank ``n_patches`` random rectangles; drop boxes mostly hidden by them.
@@ -468,30 +427,20 @@ class RandomErasing:
     n_patches: tuple[int, int] = (1, 5)
     max_frac: float = 0.2
     fill: int = 0
-    drop_covered: float = 0.7
-
-    def _patches(self, size: tuple[int, int], g: torch.Generator) -> Tensor:
-        h, w = size
-        rects = []
-        for _ in range(_randint(g, *self.n_patches)):
-            pw = max(1, round(_uniform(g, 0.0, self.max_frac) * w))
-            ph = max(1, round(_uniform(g, 0.0, self.max_frac) * h))
-            x1, y1 = _randint(g, 0, w - pw), _randint(g, 0, h - ph)
-            rects.append([x1, y1, x1 + pw, y1 + ph])
-        return torch.tensor(rects, dtype=torch.float32).reshape(-1, 4)
+    drop_covered: float = DROP_COVERED
 
     def __call__(self, state: ViewState, g: torch.Generator) -> ViewState:
-        return erase(state, self._patches(state.size, g), self.fill, self.drop_covered)
+        rects = draw_patches(
+            state.size, g, n_patches=self.n_patches, max_frac=self.max_frac, sides="independent"
+        )
+        return erase(state, rects, self.fill, self.drop_covered)
 
 
 def erase(state: ViewState, rects: Tensor, fill: int, drop_covered: float) -> ViewState:
     """Blank integer xyxy ``rects`` and drop boxes covered ≥ ``drop_covered`` by their union."""
-    image = state.image
-    value = torch.tensor(fill, dtype=image.dtype)
-    for x1, y1, x2, y2 in rects.to(torch.int64).tolist():
-        image = F.erase(image, y1, x1, y2 - y1, x2 - x1, value)
     erased = torch.cat([state.erased, rects.to(torch.float32)])
-    keep = covered_fraction(state.boxes, erased_mask(erased, state.size)) < drop_covered
+    keep = visible(state.boxes, erased, state.size, drop_covered)
     return replace(
-        state, image=image, boxes=state.boxes[keep], labels=state.labels[keep], erased=erased
+        state, image=blank(state.image, rects, fill), boxes=state.boxes[keep],
+        labels=state.labels[keep], erased=erased,
     )

@@ -3,17 +3,18 @@
 from __future__ import annotations
 
 from ssodkit.plugins.hookspecs import Register, hookimpl
-from ssodkit.views.pipelines import (
-    eval_view,
-    labeled_view,
-    photometric_strong_view,
-    strong_view,
-    weak_view,
-)
 
 
 @hookimpl
 def register_views(register: Register) -> None:
+    from ssodkit.views.pipelines import (
+        eval_view,
+        labeled_view,
+        photometric_strong_view,
+        strong_view,
+        weak_view,
+    )
+
     register("labeled", labeled_view)
     register("eval", eval_view)
     register("weak", weak_view)
