@@ -268,8 +268,10 @@ def test_distill_weight_scales_only_the_distillation_terms(tiny_config):
     runs = {}
     for weight in (1.0, 0.25, 0.0):
         cfg = tiny_config(method__name="sed", method__distill_weight=weight, method__box_cell_weight="fg")
+        method = SED.from_config(cfg, ["a", "b", "c"])
+        method.check_detector(student)
         with torch.no_grad():
-            runs[weight] = SED.from_config(cfg, ["a", "b", "c"]).step(ModelHandle(student), teacher, labeled, unlabeled, it=0)
+            runs[weight] = method.step(ModelHandle(student), teacher, labeled, unlabeled, it=0)
     for key in (k for k in runs[1.0] if k.startswith("unsup")):
         for weight in (0.25, 0.0):
             expected = float(runs[1.0][key]) * (weight if key.startswith("unsup_distill") else 1.0)

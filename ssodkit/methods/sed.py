@@ -10,6 +10,7 @@ background — fade out and disagreements, mostly potential foreground, dominate
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, ClassVar, Literal
 
 import torch
@@ -19,11 +20,14 @@ from torch import Tensor, nn
 from torchvision.ops import generalized_box_iou_loss
 
 from ssodkit.detectors.dense import SMOOTH_L1_BETA, DenseOutputs, crop_common, paired_levels
-from ssodkit.detectors.protocol import DENSE_OUTPUTS, TWO_STAGE
+from ssodkit.detectors.protocol import DenseHead, TwoStage
 from ssodkit.methods.base import ModelHandle, ViewBatch
 from ssodkit.methods.teacher_student import TeacherStudent, TeacherStudentParams
 
 FOREGROUND_PROB = 0.5  # a teacher cell with max class prob above this counts as foreground
+Terms = dict[str, Tensor]
+# (student, teacher, weak images, strong images) -> (distillation terms, scale-consistency terms)
+TermsFn = Callable[[ModelHandle, ModelHandle, list[Tensor], list[Tensor]], tuple[Terms, Terms]]
 
 
 class SEDParams(TeacherStudentParams):
@@ -334,33 +338,51 @@ def half_size(images: list[Tensor]) -> list[Tensor]:
 
 
 class SED(TeacherStudent):
+    """Per unlabeled batch: the teacher on the weak view w gives soft targets; the student
+    sees the strong view s (same geometry) and s↓, s at half size;
+    L_distill = student(s) against teacher(w), cell by cell on the same level;
+    L_scale = student(s↓) at level l−1 against student(s) at level l, detached.
+    A dense head gets both per cell; a two-stage detector gets both on its RoI head (and,
+    with `rpn_weight`, on its RPN as a dense head)."""
+
     name = "sed"
-    requires: ClassVar[frozenset[str]] = frozenset({DENSE_OUTPUTS})
+    requires: ClassVar[frozenset[type]] = frozenset({DenseHead})
     unlabeled_views: ClassVar[tuple[str, ...]] = ("weak", "strong=photometric_strong@weak")
     Params: ClassVar[type[BaseModel]] = SEDParams
+
+    def __init__(self, params: SEDParams, cfg: Any, class_names: list[str]) -> None:
+        super().__init__(params, cfg, class_names)
+        self.terms: TermsFn | None = None
+
+    def check_detector(self, detector: nn.Module) -> None:
+        """Pick the detector's terms once, by the capability it has."""
+        super().check_detector(detector)
+        self.terms = self.two_stage_terms if isinstance(detector, TwoStage) else self.dense_head_terms
 
     def unsupervised_loss(
         self, student: ModelHandle, teacher: nn.Module, unlabeled: dict[str, ViewBatch], it: int
     ) -> dict[str, Tensor]:
+        assert self.terms is not None, "check_detector() picks the detector's terms"
         p: SEDParams = self.params
-        weak, strong = unlabeled["weak"], unlabeled["strong"]
         teacher.eval()
-        if TWO_STAGE in student.module.capabilities:
-            distill, scale = self.two_stage_terms(student, teacher, weak.images, strong.images)
-        else:
-            with torch.no_grad():
-                t_dense: DenseOutputs = teacher("dense", weak.images)
-            s_dense: DenseOutputs = student("dense", strong.images)
-            s_small: DenseOutputs = student("dense", half_size(strong.images))
-            distill, scale = self.dense_pair_terms(t_dense, s_dense, s_small)
-            self.record_soft_stats(t_dense)
+        distill, scale = self.terms(student, ModelHandle(teacher), unlabeled["weak"].images, unlabeled["strong"].images)
         losses = {f"unsup_distill_{k}": p.unsup_weight * p.distill_weight * v for k, v in distill.items()}
         losses.update({f"unsup_scale_{k}": p.unsup_weight * p.scale_weight * v for k, v in scale.items()})
         return losses
 
+    def dense_head_terms(
+        self, student: ModelHandle, teacher: ModelHandle, weak: list[Tensor], strong: list[Tensor]
+    ) -> tuple[Terms, Terms]:
+        """RetinaNet, FCOS: both losses on the head's dense outputs."""
+        with torch.no_grad():
+            t_dense = teacher.dense(weak)
+        distill, scale = self.dense_pair_terms(t_dense, student.dense(strong), student.dense(half_size(strong)))
+        self.record_soft_stats(t_dense)
+        return distill, scale
+
     def dense_pair_terms(
         self, t_dense: DenseOutputs, s_dense: DenseOutputs, s_small: DenseOutputs
-    ) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+    ) -> tuple[Terms, Terms]:
         """Distillation on the same grid; scale consistency s↓ level l−1 ← s level l (the
         larger scale is the more reliable target)."""
         same = [(level, level) for level in range(s_dense.num_levels)]
@@ -369,38 +391,37 @@ class SED(TeacherStudent):
         return distill, scale
 
     def two_stage_terms(
-        self, student: ModelHandle, teacher: nn.Module, weak: list[Tensor], strong: list[Tensor]
-    ) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+        self, student: ModelHandle, teacher: ModelHandle, weak: list[Tensor], strong: list[Tensor]
+    ) -> tuple[Terms, Terms]:
         """Faster R-CNN: the RPN as a dense head, plus the RoI head on shared boxes —
         the teacher's proposals for distillation, the union of both scales' proposals for
         scale consistency."""
         k = self.params.roi_per_image
+        t, s = teacher.two_stage, student.two_stage
         with torch.no_grad():
-            t_list, t_feats = teacher("features", weak)
-            t_rpn = teacher("rpn_dense", t_list, t_feats)
-            t_boxes = [b[:k] for b in teacher("proposals", t_list, t_feats)]
-            t_roi = teacher("roi_outputs", t_feats, t_boxes, t_list.image_sizes)
-        s_list, s_feats = student("features", strong)
-        m_list, m_feats = student("features", half_size(strong))
+            t_list, t_feats = t.features(weak)
+            t_rpn = t.rpn_dense(t_list, t_feats)
+            t_boxes = [b[:k] for b in t.proposals(t_list, t_feats)]
+            t_roi = t.roi_outputs(t_feats, t_boxes, t_list.image_sizes)
+        s_list, s_feats = s.features(strong)
+        m_list, m_feats = s.features(half_size(strong))
         p = self.params
         self.record_soft_stats(t_rpn)
-        distill: dict[str, Tensor] = {}
-        scale: dict[str, Tensor] = {}
+        distill: Terms = {}
+        scale: Terms = {}
         if p.rpn_weight > 0:  # off by default: no graph through the RPN's dense outputs for nothing
             distill, scale = (
                 scaled(terms, p.rpn_weight)
-                for terms in self.dense_pair_terms(
-                    t_rpn, student("rpn_dense", s_list, s_feats), student("rpn_dense", m_list, m_feats)
-                )
+                for terms in self.dense_pair_terms(t_rpn, s.rpn_dense(s_list, s_feats), s.rpn_dense(m_list, m_feats))
             )
-        s_roi = student("roi_outputs", s_feats, t_boxes, s_list.image_sizes)
+        s_roi = s.roi_outputs(s_feats, t_boxes, s_list.image_sizes)
         distill.update(scaled(roi_terms(*s_roi, *t_roi, p), p.roi_weight))
         with torch.no_grad():
-            s_boxes = student("proposals", s_list, s_feats)
-            m_boxes = student("proposals", m_list, m_feats)
+            s_boxes = s.proposals(s_list, s_feats)
+            m_boxes = s.proposals(m_list, m_feats)
         union = [torch.cat([a[:k], 2.0 * b[:k]]) for a, b in zip(s_boxes, m_boxes)]
-        large = student("roi_outputs", s_feats, union, s_list.image_sizes)
-        small = student("roi_outputs", m_feats, [0.5 * u for u in union], m_list.image_sizes)
+        large = s.roi_outputs(s_feats, union, s_list.image_sizes)
+        small = s.roi_outputs(m_feats, [0.5 * u for u in union], m_list.image_sizes)
         scale.update(scaled(roi_terms(*small, *large, p), p.roi_weight))
         return distill, scale
 
