@@ -17,7 +17,7 @@ import torch
 from torchvision.ops import box_iou
 
 from checkpoint_trainer import first_batches, trainer_from
-from ssodkit.methods.sed import delta_loss, top_class_deltas
+from ssodkit.methods.sed_losses import delta_loss, top_class_deltas
 
 BINS = (0.0, 0.05, 0.2, 0.5, 0.8, 1.01)
 torch.manual_seed(0)

@@ -14,7 +14,7 @@ import torch
 
 from checkpoint_trainer import first_batches, trainer_from
 from ssodkit.detectors.dense import crop_common, paired_levels
-from ssodkit.methods.sed import half_size, pool_to_next_level
+from ssodkit.methods.sed_losses import half_size, pool_to_next_level
 
 CONFIDENT = 0.5
 torch.manual_seed(0)
