@@ -31,8 +31,8 @@ params = SEDParams()
 
 
 def rpn(images: list[torch.Tensor]):
-    image_list, features = model("features", images)
-    return model("rpn_dense", image_list, features)
+    image_list, features = model.features(images)
+    return model.rpn_dense(image_list, features)
 
 
 # per bin: anchors, Σ p_s, Σ p_t, push (all), push (expected)

@@ -32,7 +32,7 @@ def confident(logits: torch.Tensor) -> torch.Tensor:
 counts: dict[int, list[int]] = {}
 with torch.no_grad():
     for batch in weak:
-        large, small = trainer.model("dense", batch.images), trainer.model("dense", half_size(batch.images))
+        large, small = trainer.model.dense(batch.images), trainer.model.dense(half_size(batch.images))
         for l_large, l_small in paired_levels(large, small):
             partner, pred = crop_common(large.cls_logits[l_large], small.cls_logits[l_small])
             below = crop_common(pool_to_next_level(large.cls_logits[l_large - 1]), pred)[0]
