@@ -112,3 +112,62 @@ def test_empty_targets_train_as_background():
 def test_unknown_backbone_is_one_clear_line():
     with pytest.raises(ConfigError, match="unknown timm model 'resnet_does_not_exist'"):
         tiny("fcos", backbone="resnet_does_not_exist")
+
+
+# --------------------------------------------------------------------------- capabilities
+
+
+def test_capabilities_are_the_protocols_a_detector_implements():
+    from ssodkit.detectors.protocol import DenseHead, TwoStage, capabilities_of
+
+    frcnn, fcos = tiny("faster_rcnn"), tiny("fcos")
+    assert capabilities_of(frcnn) == ["dense_outputs", "two_stage"]  # dense outputs: its RPN's
+    assert capabilities_of(fcos) == capabilities_of(tiny("retinanet")) == ["dense_outputs"]
+    assert isinstance(frcnn, TwoStage) and not isinstance(fcos, TwoStage) and isinstance(fcos, DenseHead)
+    # forward dispatches exactly the generic tier plus the implemented protocols' methods
+    assert set(fcos.forward_modes) == {"loss", "predict", "dense"}
+    assert len(frcnn.forward_modes) == 14
+    with pytest.raises(ValueError, match="has no mode 'features'"):
+        fcos("features", [torch.rand(3, 64, 64)])
+
+
+def test_a_method_requiring_two_stage_is_refused_on_fcos_in_one_line():
+    from ssodkit.detectors import check_capabilities
+    from ssodkit.detectors.protocol import TwoStage
+    from ssodkit.errors import CapabilityError
+    from ssodkit.methods.base import Method
+
+    class NeedsTwoStage(Method):
+        name = "needs_two_stage"
+        requires = frozenset({TwoStage})
+
+    with pytest.raises(CapabilityError) as refused:
+        check_capabilities("fcos", tiny("fcos"), NeedsTwoStage.name, NeedsTwoStage.requires)
+    assert str(refused.value) == (
+        "method 'needs_two_stage' needs the two_stage capability, which detector 'fcos' does not provide "
+        "(it has: dense_outputs)"
+    )
+    check_capabilities("faster_rcnn", tiny("faster_rcnn"), NeedsTwoStage.name, NeedsTwoStage.requires)
+
+
+def test_the_typed_handle_routes_every_call_through_the_modules_one_forward():
+    """What DDP needs: each typed call is exactly one `forward(mode, …)` of the module."""
+    from ssodkit.methods.base import ModelHandle
+
+    model = tiny("faster_rcnn").eval()
+    modes: list[str] = []
+    model.register_forward_pre_hook(lambda _, args: modes.append(args[0]))
+    img, target = square_scene(96)
+    handle = ModelHandle(model)
+    rcnn = handle.two_stage
+    image_list, features = rcnn.features([img])
+    objectness, deltas, anchors, proposals = rcnn.rpn_forward(image_list, features)
+    rcnn.rpn_loss(objectness, deltas, anchors, [target], torch.ones(1), cls_only=False)
+    rois, labels, regression = rcnn.sample_rois(proposals, [target])
+    rcnn.roi_losses(features, rois, image_list.image_sizes, labels, regression, torch.ones(len(labels)))
+    logits, _ = rcnn.roi_outputs(features, proposals, image_list.image_sizes)
+    dense = handle.dense([img])
+    assert modes == ["features", "rpn_forward", "rpn_loss", "sample_rois", "roi_losses", "roi_outputs", "dense"]
+    # the same results as calling the detector itself
+    assert torch.equal(logits, model.roi_outputs(features, proposals, image_list.image_sizes)[0])
+    assert torch.equal(dense.cls_logits[0], model.dense([img]).cls_logits[0])

@@ -151,3 +151,48 @@ def test_building_the_app_does_not_import_torch():
         env={**os.environ, "PYTHONPATH": str(root)},
     )
     assert out.stdout.strip() == "False", out.stderr
+
+
+def test_a_generic_tier_plugin_detector_trains_with_generic_methods_and_is_refused_by_others(
+    fresh_plugins, tmp_path, tiny_config
+):
+    """A third-party detector with `loss` and `predict` only: no capability to declare."""
+    from ssodkit.detectors import check_capabilities
+    from ssodkit.errors import CapabilityError
+    from tests.test_trainer import train
+
+    install_fake_distribution(tmp_path, fresh_plugins, """
+        from torch import nn
+        from ssodkit.detectors.one_stage import FCOSDetector
+        from ssodkit.plugins import hookimpl
+
+        class GenericOnly(nn.Module):
+            def __init__(self, num_classes, cfg):
+                super().__init__()
+                self.num_classes = num_classes
+                self.inner = FCOSDetector(num_classes, cfg)
+
+            def forward(self, mode, *args, **kwargs):
+                return {"loss": self.loss, "predict": self.predict}[mode](*args, **kwargs)
+
+            def loss(self, images, targets, **kwargs):
+                return self.inner.loss(images, targets, **kwargs)
+
+            def predict(self, images):
+                return self.inner.predict(images)
+
+        @hookimpl
+        def register_detectors(register):
+            register("generic_det", GenericOnly)
+    """)
+    fresh_plugins.setenv("SSODKIT_LOAD_PLUGINS", "ssodkit-demo")
+    _, summary = train(tiny_config(method__name="mean_teacher", detector__name="generic_det", schedule__iters=2,
+                                   train__unlabeled_batch_size=2))
+    assert summary.status == "finished" and summary.iterations == 2
+    registry = get_registry()
+    model = registry.get("detectors", "generic_det")(3, tiny_config().detector)
+    for method in ("supervised", "mean_teacher", "unbiased_teacher", "mixpl"):
+        check_capabilities("generic_det", model, method, registry.get("methods", method).requires)
+    for method, capability in (("sed", "dense_outputs"), ("soft_teacher", "two_stage")):
+        with pytest.raises(CapabilityError, match=f"needs the {capability} capability.*it has: generic tier only"):
+            check_capabilities("generic_det", model, method, registry.get("methods", method).requires)

@@ -10,7 +10,8 @@ import torch
 from ssodkit.detectors import DetectorConfig, build_detector
 from ssodkit.detectors.dense import DenseOutputs, paired_levels
 from ssodkit.methods.base import ModelHandle, ViewBatch
-from ssodkit.methods.sed import SED, SEDParams, dense_terms, half_size, scale_terms, soft_cls_terms
+from ssodkit.methods.sed import SED, SEDParams
+from ssodkit.methods.sed_losses import dense_terms, half_size, scale_terms, soft_cls_terms
 from ssodkit.views.geometry import identity_matrix
 
 STRIDES = [8, 16, 32, 64, 128]
@@ -131,7 +132,7 @@ def test_sed_step_has_finite_nonzero_terms_and_no_threshold(detector, tiny_confi
 
 
 def test_roi_terms_vanish_when_student_equals_target():
-    from ssodkit.methods.sed import roi_terms
+    from ssodkit.methods.sed_losses import roi_terms
 
     logits, deltas = torch.randn(5, 4), torch.randn(5, 16)
     terms = roi_terms(logits, deltas, logits, deltas, SEDParams())
@@ -140,7 +141,7 @@ def test_roi_terms_vanish_when_student_equals_target():
 
 
 def test_roi_box_term_is_the_roi_heads_smooth_l1_on_the_targets_top_class():
-    from ssodkit.methods.sed import roi_terms
+    from ssodkit.methods.sed_losses import roi_terms
 
     target_logits = torch.tensor([[-9.0, 9.0, -9.0, -9.0]] * 2)  # both RoIs: class 1, p ≈ 1
     deltas = torch.zeros(2, 16)
@@ -154,7 +155,7 @@ def test_roi_box_term_is_the_roi_heads_smooth_l1_on_the_targets_top_class():
 
 
 def test_roi_box_term_skips_rois_the_target_calls_background_as_dense_cells_do():
-    from ssodkit.methods.sed import roi_terms
+    from ssodkit.methods.sed_losses import roi_terms
 
     p_fg = torch.tensor([0.9, 0.3])  # the target's top foreground probability per RoI
     target_logits = torch.stack([torch.stack([(1 - p).log(), p.log(), torch.tensor(-30.0), torch.tensor(-30.0)])
@@ -268,8 +269,10 @@ def test_distill_weight_scales_only_the_distillation_terms(tiny_config):
     runs = {}
     for weight in (1.0, 0.25, 0.0):
         cfg = tiny_config(method__name="sed", method__distill_weight=weight, method__box_cell_weight="fg")
+        method = SED.from_config(cfg, ["a", "b", "c"])
+        method.check_detector(student)
         with torch.no_grad():
-            runs[weight] = SED.from_config(cfg, ["a", "b", "c"]).step(ModelHandle(student), teacher, labeled, unlabeled, it=0)
+            runs[weight] = method.step(ModelHandle(student), teacher, labeled, unlabeled, it=0)
     for key in (k for k in runs[1.0] if k.startswith("unsup")):
         for weight in (0.25, 0.0):
             expected = float(runs[1.0][key]) * (weight if key.startswith("unsup_distill") else 1.0)
@@ -278,7 +281,7 @@ def test_distill_weight_scales_only_the_distillation_terms(tiny_config):
 
 
 def test_sampling_detectors_terms_are_means_over_their_sample_count_like_their_own_losses():
-    from ssodkit.methods.sed import roi_terms
+    from ssodkit.methods.sed_losses import roi_terms
 
     target = dense_for((64, 64), lambda s, i, j: 3.0, k=1, with_ctr=False)
     pred = dense_for((64, 64), lambda s, i, j: 3.0, k=1, with_ctr=False)
@@ -331,7 +334,7 @@ def test_a_sampling_heads_background_cells_count_at_the_rate_its_sampler_trains_
 
 
 def test_expected_sample_rates_cap_positives_at_the_samplers_fraction():
-    from ssodkit.methods.sed import expected_sample_rates
+    from ssodkit.methods.sed_losses import expected_sample_rates
 
     many_objects = torch.cat([torch.ones(1, 300), torch.zeros(1, 10_000)], dim=1)
     pos_rate, neg_rate = expected_sample_rates([many_objects], sampled=256, positive_fraction=0.5)

@@ -47,16 +47,12 @@ def fixed_teacher(detections: list[Detections], seed: int = 1) -> torch.nn.Modul
 
 
 class Recording(ModelHandle):
-    """The student handle, remembering every call and its result."""
+    """The student handle, remembering every call that reaches the module's forward, and its result."""
 
     def __init__(self, module: torch.nn.Module) -> None:
         super().__init__(module)
         self.calls: list[tuple[str, tuple, object]] = []
-
-    def __call__(self, mode, *args, **kwargs):
-        out = super().__call__(mode, *args, **kwargs)
-        self.calls.append((mode, args, out))
-        return out
+        module.register_forward_hook(lambda _, args, out: self.calls.append((args[0], args[1:], out)))
 
 
 # --------------------------------------------------------------------------- reliability

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from ssodkit.data.synthetic import CLASSES
-from ssodkit.detectors.protocol import Detections
+from ssodkit.detectors.protocol import Detections, TwoStage, protocol_methods
 from ssodkit.errors import CapabilityError
 from ssodkit.mixing import MixItem, pseudo_mixup, pseudo_mosaic
 from ssodkit.stats.grad import GROUPS, _check_dense, _place, density, ghm_groups, ghm_norm, gradient_density
@@ -167,7 +167,10 @@ def test_faster_rcnn_is_refused_in_one_line(fcos_checkpoint, tiny_data, tmp_path
 
 def test_a_detector_without_the_capability_at_all_is_refused():
     class TwoStageOnly(torch.nn.Module):
-        capabilities = frozenset({"two_stage"})
+        pass
+
+    for name in protocol_methods(TwoStage):  # every TwoStage method, and no `dense`
+        setattr(TwoStageOnly, name, lambda self, *args: None)
 
     with pytest.raises(CapabilityError, match="needs the dense_outputs capability.*it has: two_stage"):
         _check_dense(TwoStageOnly(), "custom")

@@ -37,8 +37,8 @@ def dot(grads: tuple, probe: tuple) -> float:
 totals: dict[str, list[float]] = {}
 for labeled, unlabeled in first_batches(trainer, num_batches):
     model.eval()  # the probe reads objectness as at test time
-    image_list, features = model("features", labeled.images)
-    dense = model("rpn_dense", image_list, features)
+    image_list, features = model.features(labeled.images)
+    dense = model.rpn_dense(image_list, features)
     anchors = torch.cat(dense.anchors)
     labels, _ = model.rpn.assign_targets_to_anchors(
         [anchors] * len(labeled.images), [{"boxes": t["boxes"].float()} for t in labeled.targets])

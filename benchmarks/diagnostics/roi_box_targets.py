@@ -17,7 +17,7 @@ import torch
 from torchvision.ops import box_iou
 
 from checkpoint_trainer import first_batches, trainer_from
-from ssodkit.methods.sed import delta_loss, top_class_deltas
+from ssodkit.methods.sed_losses import delta_loss, top_class_deltas
 
 BINS = (0.0, 0.05, 0.2, 0.5, 0.8, 1.01)
 torch.manual_seed(0)
@@ -34,11 +34,11 @@ images = 0
 with torch.no_grad():
     for view in views:
         weak, strong = view["weak"], view["strong"]
-        t_list, t_feats = model("features", weak.images)
-        boxes = [b[:256] for b in model("proposals", t_list, t_feats)]
-        t_logits, t_deltas = model("roi_outputs", t_feats, boxes, t_list.image_sizes)
-        s_list, s_feats = model("features", strong.images)
-        s_logits, s_deltas = model("roi_outputs", s_feats, boxes, s_list.image_sizes)
+        t_list, t_feats = model.features(weak.images)
+        boxes = [b[:256] for b in model.proposals(t_list, t_feats)]
+        t_logits, t_deltas = model.roi_outputs(t_feats, boxes, t_list.image_sizes)
+        s_list, s_feats = model.features(strong.images)
+        s_logits, s_deltas = model.roi_outputs(s_feats, boxes, s_list.image_sizes)
         fg_prob, p_box, t_box = top_class_deltas(t_logits.float().softmax(-1), s_deltas, t_deltas)
         weighted = fg_prob * delta_loss(p_box, t_box, "smooth_l1")
         ious = torch.cat([

@@ -17,7 +17,8 @@ import torch
 
 from checkpoint_trainer import first_batches, trainer_from
 from ssodkit.detectors.dense import crop_common
-from ssodkit.methods.sed import SEDParams, expected_sample_rates, per_image, soft_cls_terms
+from ssodkit.methods.sed import SEDParams
+from ssodkit.methods.sed_losses import expected_sample_rates, per_image, soft_cls_terms
 
 BINS = (0.0, 0.01, 0.05, 0.2, 0.5, 0.8, 1.01)
 torch.manual_seed(0)
@@ -30,8 +31,8 @@ params = SEDParams()
 
 
 def rpn(images: list[torch.Tensor]):
-    image_list, features = model("features", images)
-    return model("rpn_dense", image_list, features)
+    image_list, features = model.features(images)
+    return model.rpn_dense(image_list, features)
 
 
 # per bin: anchors, Σ p_s, Σ p_t, push (all), push (expected)

@@ -14,7 +14,7 @@ import torch
 
 from checkpoint_trainer import first_batches, trainer_from
 from ssodkit.detectors.dense import crop_common, paired_levels
-from ssodkit.methods.sed import half_size, pool_to_next_level
+from ssodkit.methods.sed_losses import half_size, pool_to_next_level
 
 CONFIDENT = 0.5
 torch.manual_seed(0)
@@ -32,7 +32,7 @@ def confident(logits: torch.Tensor) -> torch.Tensor:
 counts: dict[int, list[int]] = {}
 with torch.no_grad():
     for batch in weak:
-        large, small = trainer.model("dense", batch.images), trainer.model("dense", half_size(batch.images))
+        large, small = trainer.model.dense(batch.images), trainer.model.dense(half_size(batch.images))
         for l_large, l_small in paired_levels(large, small):
             partner, pred = crop_common(large.cls_logits[l_large], small.cls_logits[l_small])
             below = crop_common(pool_to_next_level(large.cls_logits[l_large - 1]), pred)[0]

@@ -10,20 +10,27 @@ from torchvision.models.detection.image_list import ImageList
 
 from ssodkit.detectors.backbone import TimmFPN
 from ssodkit.detectors.config import DetectorConfig
-from ssodkit.detectors.protocol import Detections, Target
+from ssodkit.detectors.protocol import CAPABILITIES, Detections, Target, protocol_methods
 from ssodkit.detectors.transform import NormalizePadTransform
 
 
 class DetectorBase(nn.Module):
     """Base of every built-in detector.
 
-    `forward(mode, ...)` dispatches to `loss` / `predict` (and capability methods) so that
-    a `DistributedDataParallel` wrapper sees every call a method makes.
+    `forward(mode, ...)` dispatches to `loss` / `predict` and to the methods of every
+    capability protocol the class implements, so that a `DistributedDataParallel` wrapper
+    sees every call a method makes (methods reach them through `ModelHandle`).
     """
 
     name: str = "detector"
-    capabilities: frozenset[str] = frozenset()
     forward_modes: tuple[str, ...] = ("loss", "predict")
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        """The modes follow from the protocols the class implements, so they cannot drift."""
+        super().__init_subclass__(**kwargs)
+        cls.forward_modes = DetectorBase.forward_modes + tuple(
+            mode for protocol in CAPABILITIES if issubclass(cls, protocol) for mode in protocol_methods(protocol)
+        )
 
     def __init__(self, num_classes: int, cfg: DetectorConfig, backbone: TimmFPN) -> None:
         super().__init__()

@@ -1,4 +1,5 @@
-"""The `DenseOutputs` capability: per-level predictions on a known anchor/point grid.
+"""`DenseOutputs`, what the `DenseHead` capability returns: per-level predictions on a known
+anchor/point grid.
 
 One-stage heads (RetinaNet, FCOS) and Faster R-CNN's RPN expose their raw outputs in one
 layout, `[N, H_l, W_l, A, C]` per FPN level, with the anchors of the padded batch. SED

@@ -5,12 +5,13 @@ sampling, smooth-L1 with beta 1/9) so that they take per-image weights and, for 
 Teacher, a softmax focal loss for RoI classification. torchvision's class 0 is background;
 ssodkit's labels 0..K-1 are shifted by one on the way in and out.
 
-The `TwoStage` capability (Soft Teacher, PseCo) is the pipeline cut at its seams, so a
-method can reuse one feature pass for several jobs: `features` → `rpn_forward` / `rpn_loss`
-/ `proposals` → `sample_rois` → `roi_losses` (per-RoI weights), plus the teacher-side
-`detect`, `roi_cls_probs` and `refine_boxes` on boxes of the caller's choosing. RoI labels
-returned by `sample_rois` and columns of `roi_cls_probs` use the head's convention:
-0 = background, k+1 = ssodkit class k.
+It implements both capability protocols (`detectors/protocol.py`): `TwoStage`, the pipeline
+cut at its seams so that a method can reuse one feature pass for several jobs: `features` →
+`rpn_forward` / `rpn_loss` / `proposals` → `sample_rois` → `roi_losses` (per-RoI weights),
+plus the teacher-side `detect`, `roi_cls_probs` and `refine_boxes` on boxes of the caller's
+choosing; and `DenseHead`, whose dense outputs are the RPN's. RoI labels returned by
+`sample_rois` and columns of `roi_cls_probs` use the head's convention: 0 = background,
+k+1 = ssodkit class k.
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ from ssodkit.detectors.base import (
 )
 from ssodkit.detectors.config import DetectorConfig
 from ssodkit.detectors.dense import DenseOutputs
-from ssodkit.detectors.protocol import DENSE_OUTPUTS, PYRAMID, TWO_STAGE, Detections, Target
+from ssodkit.detectors.protocol import Detections, Target
 
 TWO_STAGE_STRIDES = (4, 8, 16, 32)  # P2-P5, plus a max-pooled P6 for the RPN
 FOCAL_GAMMA = 1.5  # Unbiased Teacher's official value
@@ -57,14 +58,6 @@ def softmax_focal_loss(logits: Tensor, labels: Tensor, gamma: float = FOCAL_GAMM
 class FasterRCNNDetector(DetectorBase):
     name = "faster_rcnn"
     default_pseudo_thr = 0.7  # softmax (cross-entropy) scores
-    capabilities = frozenset({TWO_STAGE, DENSE_OUTPUTS, PYRAMID})  # dense outputs: the RPN's
-    # Every TwoStage call is a mode, so a method reaching the student through
-    # `ModelHandle` stays inside the one forward DDP sees.
-    forward_modes = (
-        "loss", "predict", "features", "rpn_forward", "rpn_loss", "proposals", "detect",
-        "sample_rois", "roi_losses", "roi_cls_probs", "refine_boxes", "rpn_dense", "roi_outputs",
-        "dense",
-    )
     strides = (4, 8, 16, 32, 64)  # P2-P5 and the max-pooled P6
 
     def __init__(self, num_classes: int, cfg: DetectorConfig) -> None:
@@ -136,6 +129,7 @@ class FasterRCNNDetector(DetectorBase):
         )
 
     def dense(self, images: list[Tensor]) -> DenseOutputs:
+        """`DenseHead`: the RPN's dense outputs, from a feature pass of its own."""
         image_list, features = self.features(images)
         return self.rpn_dense(image_list, features)
 

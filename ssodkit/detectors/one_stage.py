@@ -23,7 +23,7 @@ from ssodkit.detectors.backbone import TimmFPN
 from ssodkit.detectors.base import DetectorBase, resolve_image_weights, validate_targets
 from ssodkit.detectors.config import DetectorConfig
 from ssodkit.detectors.dense import BoxCoding, BoxLoss, DenseOutputs, unflatten_levels
-from ssodkit.detectors.protocol import DENSE_OUTPUTS, PYRAMID, Detections, Target
+from ssodkit.detectors.protocol import Detections, Target
 
 ONE_STAGE_STRIDES = (8, 16, 32)  # P3-P5 from the backbone, P6-P7 from the FPN
 
@@ -38,8 +38,6 @@ class OneStageDetector(DetectorBase):
     """Dense head on P3-P7; subclasses define matching, scoring and the head losses."""
 
     default_nms_thresh = 0.5
-    capabilities = frozenset({DENSE_OUTPUTS, PYRAMID})
-    forward_modes = ("loss", "predict", "dense")
     strides = (8, 16, 32, 64, 128)  # P3-P7
     box_coding: BoxCoding = "deltas"  # what `DenseOutputs` says the box numbers are
     box_loss: BoxLoss = "giou"  # both heads train their boxes with GIoU
@@ -68,7 +66,7 @@ class OneStageDetector(DetectorBase):
         return image_list.image_sizes, outputs, anchors, per_level
 
     def dense(self, images: list[Tensor]) -> DenseOutputs:
-        """The head's raw outputs per level on the padded batch's anchor grid."""
+        """`DenseHead`: the head's raw outputs per level on the padded batch's anchor grid."""
         image_list, features = self.batch(images)
         outputs = self.head_forward(features)
         anchors = self.anchor_generator(image_list, features)[0]

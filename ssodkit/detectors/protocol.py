@@ -1,25 +1,26 @@
 """The detector protocol: a generic tier every detector has, plus optional capabilities.
 
 Methods talk to detectors only through this protocol, so a method that needs nothing but
-`loss` and `predict` (supervised, Mean Teacher, MixPL) works with any detector. Methods that
-need more declare capability names in `requires`; `check_capabilities` refuses a mismatch at
-start-up with one line.
+`loss` and `predict` (supervised, Mean Teacher, MixPL) works with any detector. Each
+optional capability is a typed `Protocol` (`DenseHead`, `TwoStage`); a detector has it by
+implementing its methods (structural typing: no registration, no capability strings), and
+a method lists the protocols it needs in `requires`; `check_capabilities` refuses a
+mismatch at start-up with one line.
 """
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
 import torch
 from torch import Tensor
+from torchvision.models.detection.image_list import ImageList
 
+from ssodkit.detectors.dense import DenseOutputs
 from ssodkit.errors import CapabilityError
-
-DENSE_OUTPUTS = "dense_outputs"
-TWO_STAGE = "two_stage"
-PYRAMID = "pyramid"
 
 Target = dict[str, Tensor]  # {"boxes": float [N,4] xyxy, "labels": int64 [N] in 0..K-1}
 
@@ -68,7 +69,6 @@ class Detector(Protocol):
     """Generic tier. Implementations are `nn.Module`s; see `DetectorBase`."""
 
     num_classes: int
-    capabilities: frozenset[str]
 
     def loss(
         self,
@@ -93,14 +93,105 @@ class Detector(Protocol):
         ...
 
 
-def check_capabilities(
-    detector_name: str, provided: Iterable[str], method_name: str, required: Iterable[str]
-) -> None:
+ImageSizes = list[tuple[int, int]]  # (h, w) of each image before padding
+
+
+@runtime_checkable
+class DenseHead(Protocol):
+    """The `dense_outputs` capability: raw per-level predictions on a known anchor/point grid
+    (one-stage heads; Faster R-CNN's RPN). Needed by SED and `stats grad`."""
+
+    def dense(self, images: list[Tensor]) -> DenseOutputs:
+        """The head's outputs per FPN level on the padded batch's anchor grid."""
+        ...
+
+
+@runtime_checkable
+class TwoStage(Protocol):
+    """The `two_stage` capability: the RPN + RoI-head pipeline cut at its seams, so that a
+    method reuses one feature pass for several jobs (Soft Teacher: RPN loss, two RoI
+    samplings, teacher-scored RoIs; SED: RoI outputs on boxes of its choosing).
+
+    RoI labels from `sample_rois` and columns of `roi_cls_probs` / `roi_outputs` use the RoI
+    head's convention: 0 = background, k + 1 = ssodkit class k.
+    """
+
+    def features(self, images: list[Tensor]) -> tuple[ImageList, OrderedDict[str, Tensor]]:
+        """Normalised, padded batch and its named FPN levels."""
+        ...
+
+    def rpn_forward(
+        self, image_list: ImageList, features: dict[str, Tensor]
+    ) -> tuple[Tensor, Tensor, list[Tensor], list[Tensor]]:
+        """Objectness and deltas over all anchors, anchors per image, and the proposals."""
+        ...
+
+    def rpn_dense(self, image_list: ImageList, features: dict[str, Tensor]) -> DenseOutputs:
+        """The RPN as dense outputs (class-agnostic objectness, K = 1)."""
+        ...
+
+    def proposals(self, image_list: ImageList, features: dict[str, Tensor]) -> list[Tensor]:
+        """Post-NMS proposals per image (no gradient)."""
+        ...
+
+    def rpn_loss(
+        self, objectness: Tensor, deltas: Tensor, anchors: list[Tensor], targets: list[Target], weights: Tensor,
+        cls_only: bool,
+    ) -> dict[str, Tensor]:
+        """Class-agnostic RPN loss with per-image weights."""
+        ...
+
+    def sample_rois(self, proposals: list[Tensor], targets: list[Target]) -> tuple[list[Tensor], Tensor, Tensor]:
+        """RoIs per image, their labels and regression targets (concatenated over images)."""
+        ...
+
+    def roi_outputs(self, features: dict[str, Tensor], boxes: list[Tensor], sizes: ImageSizes) -> tuple[Tensor, Tensor]:
+        """Class logits `[R, K+1]` and per-class deltas `[R, (K+1)·4]` for the given boxes."""
+        ...
+
+    def roi_losses(
+        self, features: dict[str, Tensor], rois: list[Tensor], sizes: ImageSizes, labels: Tensor,
+        regression_targets: Tensor, roi_weights: Tensor,
+    ) -> dict[str, Tensor]:
+        """RoI classification and box losses with one weight per RoI."""
+        ...
+
+    def roi_cls_probs(self, features: dict[str, Tensor], boxes: list[Tensor], sizes: ImageSizes) -> Tensor:
+        """Softmax `[R, K+1]` of the RoI head on the given boxes (no gradient)."""
+        ...
+
+    def refine_boxes(
+        self, features: dict[str, Tensor], boxes: list[Tensor], labels: list[Tensor], sizes: ImageSizes
+    ) -> list[Tensor]:
+        """Each box refined by the RoI head for its own class, clipped (no gradient)."""
+        ...
+
+    def detect(self, image_list: ImageList, features: dict[str, Tensor], proposals: list[Tensor]) -> list[Detections]:
+        """`predict` from an existing feature pass."""
+        ...
+
+
+# What users read in errors and docs, for each capability protocol.
+CAPABILITIES: dict[type, str] = {DenseHead: "dense_outputs", TwoStage: "two_stage"}
+
+
+def protocol_methods(protocol: type) -> tuple[str, ...]:
+    """The methods a capability protocol asks for, in definition order."""
+    return tuple(name for name, value in vars(protocol).items() if callable(value) and not name.startswith("_"))
+
+
+def capabilities_of(detector: object) -> list[str]:
+    """Names of the capabilities `detector` implements."""
+    return sorted(name for protocol, name in CAPABILITIES.items() if isinstance(detector, protocol))
+
+
+def check_capabilities(detector_name: str, detector: object, method_name: str, required: Iterable[type]) -> None:
     """Refuse a method whose required capabilities the detector lacks, in one line."""
-    missing = sorted(set(required) - set(provided))
+    missing = sorted(CAPABILITIES[p] for p in required if not isinstance(detector, p))
     if missing:
+        provided = capabilities_of(detector)
         raise CapabilityError(
             f"method '{method_name}' needs the {', '.join(missing)} capability, which "
             f"detector '{detector_name}' does not provide (it has: "
-            f"{', '.join(sorted(provided)) or 'generic tier only'})"
+            f"{', '.join(provided) or 'generic tier only'})"
         )

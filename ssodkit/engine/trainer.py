@@ -136,7 +136,7 @@ class Trainer:
         self.model = build_model(cfg, len(self.classes)).to(self.device)
         if cfg.train.init_from is not None and resume is None:
             self.model.load_state_dict(initial_weights(cfg.train.init_from, cfg, self.classes))
-        check_capabilities(cfg.detector.name, self.model.capabilities, cfg.method.name, self.method_cls.requires)
+        check_capabilities(cfg.detector.name, self.model, cfg.method.name, self.method_cls.requires)
         self.cfg = cfg = resolve_for_detector(cfg, self.model)  # what config.yaml records
         self.method = self.method_cls.from_config(cfg, self.classes)
         self.method.check_detector(self.model)

@@ -7,13 +7,16 @@ already-weighted loss terms whose sum is optimised.
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 from torch import Tensor, nn
 
-from ssodkit.detectors.protocol import Detections, Target
+from ssodkit.detectors.dense import DenseOutputs
+from ssodkit.detectors.protocol import Detections, Target, TwoStage, protocol_methods
 from ssodkit.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -35,20 +38,54 @@ class ViewBatch:
 
 
 class ModelHandle:
-    """The student as a method sees it: the protocol's calls, routed through `forward`."""
+    """A model as a method sees it: the protocol's typed calls, each one call of the module's
+    `forward(mode, …)`. For the student that keeps every call inside the one step forward
+    DDP sees (`MethodStep`); the teacher is wrapped too, so both sides read the same.
+
+    The capability calls (`dense`, `two_stage`) are there for detectors that have the
+    capability; `check_capabilities` made sure of it at start-up, from the method's `requires`.
+    """
 
     def __init__(self, module: nn.Module) -> None:
         self.module = module
-        self._forward = module
 
-    def __call__(self, mode: str, *args: Any, **kwargs: Any) -> Any:
-        return self._forward(mode, *args, **kwargs)
+    def _call(self, mode: str, *args: Any, **kwargs: Any) -> Any:
+        """The one route into the model."""
+        return self.module(mode, *args, **kwargs)
 
     def loss(self, images: list[Tensor], targets: list[Target], **kwargs: Any) -> dict[str, Tensor]:
-        return self._forward("loss", images, targets, **kwargs)
+        return self._call("loss", images, targets, **kwargs)
 
     def predict(self, images: list[Tensor]) -> list[Detections]:
-        return self._forward("predict", images)
+        return self._call("predict", images)
+
+    def dense(self, images: list[Tensor]) -> DenseOutputs:
+        """`DenseHead.dense`."""
+        return self._call("dense", images)
+
+    @property
+    def two_stage(self) -> TwoStage:
+        return TwoStageHandle(self._call)
+
+
+class TwoStageHandle(TwoStage):
+    """`TwoStage` whose every method is one `call(mode, …)` of a model's forward; the
+    methods are the protocol's own (typed there), generated below so that they cannot drift."""
+
+    def __init__(self, call: Callable[..., Any]) -> None:
+        self._call = call
+
+
+def _routed(mode: str) -> Callable[..., Any]:
+    @functools.wraps(getattr(TwoStage, mode))  # the protocol's name, signature and docstring
+    def method(self: TwoStageHandle, *args: Any, **kwargs: Any) -> Any:
+        return self._call(mode, *args, **kwargs)
+
+    return method
+
+
+for _mode in protocol_methods(TwoStage):
+    setattr(TwoStageHandle, _mode, _routed(_mode))
 
 
 class NoParams(BaseModel):
@@ -59,7 +96,7 @@ class Method:
     """Base of every SSOD method; subclasses set the class attributes and `step`."""
 
     name: ClassVar[str] = "method"
-    requires: ClassVar[frozenset[str]] = frozenset()  # detector capabilities
+    requires: ClassVar[frozenset[type]] = frozenset()  # capability protocols (DenseHead, TwoStage)
     uses_teacher: ClassVar[bool] = False
     unlabeled_views: ClassVar[tuple[str, ...]] = ()  # view pipelines each unlabeled image gets
     Params: ClassVar[type[BaseModel]] = NoParams

@@ -22,7 +22,7 @@ from pydantic import BaseModel, Field
 from torch import Tensor, nn
 
 from ssodkit.detectors.base import per_sample_weights
-from ssodkit.detectors.protocol import TWO_STAGE, Target
+from ssodkit.detectors.protocol import Target, TwoStage
 from ssodkit.methods.base import ModelHandle, ViewBatch, prefixed
 from ssodkit.methods.teacher_student import TeacherStudent, TeacherStudentParams
 from ssodkit.plugins import build_filter
@@ -50,7 +50,7 @@ class SoftTeacherParams(TeacherStudentParams):
 
 class SoftTeacher(TeacherStudent):
     name = "soft_teacher"
-    requires: ClassVar[frozenset[str]] = frozenset({TWO_STAGE})
+    requires: ClassVar[frozenset[type]] = frozenset({TwoStage})
     Params: ClassVar[type[BaseModel]] = SoftTeacherParams
     teacher_defaults: ClassVar[dict[str, Any]] = {"momentum": 1e-3}  # official: keep-rate 0.999
 
@@ -70,9 +70,10 @@ class SoftTeacher(TeacherStudent):
         """One teacher pass on the weak view: its features (kept for the filters) and its
         detections after the initial filters (score, empty image)."""
         teacher.eval()
-        image_list, features = teacher.features(weak.images)
-        detections = teacher.detect(image_list, features, teacher.proposals(image_list, features))
-        view = TeacherView(teacher, image_list, features, weak.matrices)
+        model = ModelHandle(teacher).two_stage
+        image_list, features = model.features(weak.images)
+        detections = model.detect(image_list, features, model.proposals(image_list, features))
+        view = TeacherView(model, image_list, features, weak.matrices)
         return view, self.pseudo_labeler.filter(PseudoLabels.from_detections(detections))
 
     def jitter_generator(self, weak: ViewBatch, it: int) -> torch.Generator:
@@ -120,17 +121,18 @@ class SoftTeacher(TeacherStudent):
         """RPN, reliability-weighted RoI classification and RoI box losses on the strong view
         (unweighted by β); `weights` are the per-image weights of the empty-image rule."""
         assert self.reliability is not None
-        image_list, features = student("features", strong.images)
+        model = student.two_stage
+        image_list, features = model.features(strong.images)
         sizes = image_list.image_sizes
-        objectness, deltas, anchors, proposals = student("rpn_forward", image_list, features)
-        losses = student("rpn_loss", objectness, deltas, anchors, rpn_targets, weights, cls_only=False)
+        objectness, deltas, anchors, proposals = model.rpn_forward(image_list, features)
+        losses = model.rpn_loss(objectness, deltas, anchors, rpn_targets, weights, cls_only=False)
 
-        rois, labels, regression = student("sample_rois", proposals, cls_targets)
+        rois, labels, regression = model.sample_rois(proposals, cls_targets)
         roi_weights = per_sample_weights(weights, [r.shape[0] for r in rois])
         roi_weights = roi_weights * self.reliability(teacher, rois, labels, strong.matrices)
-        losses["loss_cls"] = student("roi_losses", features, rois, sizes, labels, regression, roi_weights)["loss_cls"]
+        losses["loss_cls"] = model.roi_losses(features, rois, sizes, labels, regression, roi_weights)["loss_cls"]
 
-        rois, labels, regression = student("sample_rois", proposals, reg_targets)
+        rois, labels, regression = model.sample_rois(proposals, reg_targets)
         roi_weights = per_sample_weights(weights, [r.shape[0] for r in rois])
-        losses["loss_box"] = student("roi_losses", features, rois, sizes, labels, regression, roi_weights)["loss_box"]
+        losses["loss_box"] = model.roi_losses(features, rois, sizes, labels, regression, roi_weights)["loss_box"]
         return losses

@@ -16,7 +16,8 @@ from torch import nn
 
 from ssodkit.detectors.protocol import Detections
 from ssodkit.pseudo.filters import AGNOSTIC_NMS_IOU, FilterChain, build_filter_chain
-from ssodkit.pseudo.labels import DROP_COVERED, PseudoLabels, project_detections
+from ssodkit.erasing import DROP_COVERED
+from ssodkit.pseudo.labels import PseudoLabels, project_detections
 
 if TYPE_CHECKING:
     from ssodkit.config import RunConfig

@@ -16,11 +16,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 from torchvision.models.detection.image_list import ImageList
 from torchvision.ops import boxes as box_ops
 
-from ssodkit.detectors.protocol import Detections
+from ssodkit.detectors.protocol import Detections, TwoStage
 from ssodkit.errors import ConfigError
 from ssodkit.pseudo.labels import PseudoLabels
 from ssodkit.views.geometry import transform_boxes
@@ -35,7 +35,7 @@ REG_PSEUDO_THR = 0.02
 class TeacherView:
     """The teacher's forward on the weak view, shared by its detections and the filters."""
 
-    model: nn.Module  # a detector with the TWO_STAGE capability
+    model: TwoStage  # the teacher (or its `TwoStageHandle`)
     image_list: ImageList
     features: dict[str, Tensor]
     matrices: list[Tensor]  # float64 [3,3], original → weak view

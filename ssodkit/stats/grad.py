@@ -49,7 +49,7 @@ import torch
 from pydantic import BaseModel
 from torch import Tensor, nn
 
-from ssodkit.detectors.protocol import DENSE_OUTPUTS, Detections, Target
+from ssodkit.detectors.protocol import CAPABILITIES, DenseHead, Detections, Target, capabilities_of
 from ssodkit.erasing import DROP_COVERED
 from ssodkit.errors import CapabilityError, ConfigError, DataError, SsodkitError, unknown_name
 from ssodkit.mixing import MixItem, Placement, pseudo_mixup, pseudo_mosaic
@@ -436,15 +436,14 @@ def _check_args(views: Iterable[str], score_thr: float | None, max_images: int, 
 def _check_dense(model: nn.Module, detector: str) -> None:
     """Per-class dense logits and the detector's own matcher, or one line saying which is
     missing (Faster R-CNN's dense outputs are its class-agnostic RPN, with no `match`)."""
-    provided = sorted(getattr(model, "capabilities", ()))
-    if DENSE_OUTPUTS not in provided:
-        why = f"does not provide (it has: {', '.join(provided) or 'generic tier only'})"
+    if not isinstance(model, DenseHead):
+        why = f"does not provide (it has: {', '.join(capabilities_of(model)) or 'generic tier only'})"
     elif not callable(getattr(model, "match", None)):
         why = "provides without a per-class anchor matcher (`match`), e.g. only for an RPN"
     else:
         return
     raise CapabilityError(
-        f"stats grad needs the {DENSE_OUTPUTS} capability of a one-stage head (RetinaNet, FCOS), "
+        f"stats grad needs the {CAPABILITIES[DenseHead]} capability of a one-stage head (RetinaNet, FCOS), "
         f"which detector '{detector}' {why}"
     )
 
