@@ -42,6 +42,10 @@ class DataConfig(_Section):
     )
     synthetic_seed: int = 0
     skip_invalid: bool = False
+    strict_images: bool = Field(
+        False, description="stop at the first image that cannot be decoded during training "
+        "or evaluation instead of skipping it (with a warning) and counting it"
+    )
     num_workers: int = Field(2, ge=0)
 
     @property
