@@ -66,6 +66,7 @@ def train(
     resume: Annotated[Optional[Path], typer.Option(help="continue the run in this folder from its last checkpoint")] = None,
 ) -> None:
     """Train a detector (supervised or semi-supervised) and report COCO mAP."""
+    from ssodkit.cli.output import console
     from ssodkit.config import build_config, load_saved_config
     from ssodkit.engine.trainer import Trainer
     from ssodkit.evaluation.coco_eval import per_class_table, results_table
@@ -81,25 +82,28 @@ def train(
         flags = {FLAG_KEYS[k]: (str(v) if isinstance(v, Path) else v) for k, v in given.items()}
         cfg = build_config(config, flags, set_ or [])
 
-    trainer = Trainer(cfg, resume=resume)
+    trainer = Trainer(cfg, resume=resume, console=console(stderr=True))  # progress and logs
     try:
-        console = trainer.console
         if trainer.dist.is_main:
-            console.print(
+            trainer.console.print(
                 f"[bold]ssodkit train[/] {cfg.method.name} / {cfg.detector.name} ({cfg.detector.backbone}) "
                 f"on {trainer.device} — {len(trainer.data.train_dataset)} labeled images, "
                 f"{trainer.data.num_unlabeled} unlabeled, {len(trainer.classes)} classes → {trainer.run_dir}"
             )
         summary = trainer.run()
         if trainer.dist.is_main:
+            results = console()
             for role, result in summary.final.items():
-                console.print(results_table(result, title=f"{role} — val COCO bbox (iter {summary.final_iter})"))
+                results.print(results_table(result, title=f"{role} — val COCO bbox (iter {summary.final_iter})"))
             primary = summary.final.get("teacher") or summary.final.get("student")
             if primary is not None:
-                console.print(per_class_table(primary))
-            console.print(
+                results.print(per_class_table(primary))
+            unreadable = trainer.data.unreadable.summary()
+            results.print(
                 f"{summary.status}: {summary.iterations} iterations, {summary.sec_per_iter:.2f} s/it, "
-                f"{summary.skipped_steps} skipped steps; run folder {summary.run_dir}"
+                f"{summary.skipped_steps} skipped steps{', ' + unreadable if unreadable else ''}; "
+                f"run folder {summary.run_dir}",
+                markup=False,
             )
     finally:
         trainer.close()

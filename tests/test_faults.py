@@ -1,0 +1,189 @@
+"""Fault injection: damaged images, damaged checkpoints, unwritable run folders.
+
+Each fault must end in one readable `error:` line or in a named, counted skip; never in a
+traceback, binary bytes on the terminal, or a half-written file.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.test_cli import tiny_set_args
+
+
+def truncate(path: Path) -> None:
+    """Keep the header, cut the body: passes the start-up check, fails to decode."""
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
+def corrupt(path: Path) -> None:
+    """Whole file, header intact, a stretch of the pixel data garbled."""
+    data = bytearray(path.read_bytes())
+    start = len(data) // 3
+    for i in range(start, start + 200):
+        data[i] = (data[i] * 7 + 13) % 256
+    path.write_bytes(bytes(data))
+
+
+@dataclass
+class Sets:
+    """COCO files of 3 train, 3 unlabeled and 3 val images over one image root."""
+
+    train: Path
+    unlabeled: Path
+    val: Path
+    images: Path
+
+    def args(self) -> list[str]:
+        return [
+            "--train-ann", str(self.train), "--train-images", str(self.images),
+            "--val-ann", str(self.val), "--val-images", str(self.images),
+            "--unlabeled", str(self.unlabeled), "--set", f"data.unlabeled_images={self.images}",
+        ]
+
+    def second_image(self, split: str) -> Path:
+        coco = json.loads(getattr(self, split).read_text())
+        return self.images / coco["images"][1]["file_name"]
+
+
+def three_image_sets(tiny_data, root: Path) -> Sets:
+    """Every image is drawn within the first 3 draws of a set, so a fault cannot hide."""
+    shutil.copytree(tiny_data.images, root / "images")
+    paths = {}
+    for split in ("train", "unlabeled", "val"):
+        coco = json.loads(getattr(tiny_data, split).read_text())
+        coco["images"] = coco["images"][:3]
+        kept = {img["id"] for img in coco["images"]}
+        coco["annotations"] = [a for a in coco["annotations"] if a["image_id"] in kept]
+        paths[split] = root / f"{split}.json"
+        paths[split].write_text(json.dumps(coco))
+    return Sets(images=root / "images", **paths)
+
+
+@pytest.fixture
+def clean(tiny_data, tmp_path) -> Sets:
+    return three_image_sets(tiny_data, tmp_path / "clean")
+
+
+@pytest.fixture
+def damaged(tiny_data, tmp_path) -> Sets:
+    """The second image of each set is damaged: train truncated, unlabeled corrupt, val truncated."""
+    sets = three_image_sets(tiny_data, tmp_path / "damaged")
+    truncate(sets.second_image("train"))
+    corrupt(sets.second_image("unlabeled"))
+    truncate(sets.second_image("val"))
+    return sets
+
+
+def train_args(sets: Sets, runs: Path, *extra: str, workers: int = 0, pseudo_images: int = 0) -> list[str]:
+    """One Mean Teacher step drawing all 3 labeled and all 3 unlabeled images, then an evaluation."""
+    overrides = {
+        "train.batch_size": 3, "train.unlabeled_batch_size": 3, "eval.pseudo_images": pseudo_images,
+        "data.num_workers": workers,
+    }
+    return [
+        "train", "--method", "mean_teacher", *sets.args(), "--iters", "1", "--runs-dir", str(runs),
+        *tiny_set_args(**overrides), *extra,
+    ]
+
+
+def error_lines(stderr: str) -> list[str]:
+    return [line for line in stderr.splitlines() if line.startswith("error:")]
+
+
+def assert_one_clean_error(result, *needles: str) -> None:
+    assert result.exit_code == 2, result.output
+    lines = error_lines(result.stderr)
+    assert len(lines) == 1, result.stderr
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+    assert "Traceback" not in result.output and "DataLoader worker" not in result.output
+    assert all(ch.isprintable() for ch in lines[0]), repr(lines[0])
+
+
+# --------------------------------------------------------------------------- images at train time
+@pytest.mark.parametrize("workers", [0, 2])
+def test_damaged_train_unlabeled_and_val_images_are_skipped_named_once_and_counted(damaged, cli, tmp_path, workers):
+    result = cli(*train_args(damaged, tmp_path / "runs", workers=workers))
+    assert result.exit_code == 0, result.output
+    for split in ("train", "unlabeled", "val"):
+        name = str(damaged.second_image(split))
+        assert result.stderr.count(name) == 1, f"{split}: {result.stderr}"
+    assert "warning: skipped an image that cannot be decoded" in result.stderr
+    assert "3 unreadable images skipped" in result.stdout
+    assert (tmp_path / "runs" / "mean_teacher-fcos" / "checkpoints" / "last.pt").is_file()
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_strict_images_stops_at_the_first_damaged_image_with_one_line_naming_it(damaged, cli, tmp_path, workers):
+    args = train_args(damaged, tmp_path / "runs", "--set", "data.strict_images=true", workers=workers)
+    result = cli(*args)
+    assert_one_clean_error(result, str(damaged.second_image("train")), "data.strict_images")
+
+
+def test_an_unreadable_image_is_replaced_by_the_next_one_and_good_draws_do_not_change(
+    clean, damaged, tiny_config, capsys
+):
+    from ssodkit.engine.data_setup import build_train_data
+    from ssodkit.engine.distributed import DistInfo
+
+    def draws(sets: Sets, run_dir: Path) -> list:
+        cfg = tiny_config(data__train_ann=str(sets.train), data__train_images=str(sets.images))
+        data = build_train_data(cfg, run_dir, DistInfo(), ())
+        stream = data.batches(0)
+        samples = [s for _ in range(6) for s in next(stream)[0]]
+        data.close()
+        return [(s["image_id"], s["image"]) for s in samples], data.unreadable
+
+    good, _ = draws(clean, clean.images.parent)
+    mixed, unreadable = draws(damaged, damaged.images.parent)
+    bad_id = json.loads(damaged.train.read_text())["images"][1]["id"]
+    next_id = json.loads(damaged.train.read_text())["images"][2]["id"]
+    replaced = 0
+    for (good_id, good_image), (mixed_id, mixed_image) in zip(good, mixed, strict=True):
+        if good_id == bad_id:
+            assert mixed_id == next_id  # the next image in index order, same augmentation seed
+            replaced += 1
+        else:
+            assert mixed_id == good_id and torch.equal(mixed_image, good_image)
+    assert replaced == sum(unreadable.counts.values()) >= 2
+    assert capsys.readouterr().err.count("cannot be decoded") == 1  # named once, counted each time
+
+
+def test_evaluate_checkpoint_leaves_a_damaged_val_image_out_of_the_score(tiny_checkpoint, damaged, cli):
+    result = cli("evaluate", "--checkpoint", tiny_checkpoint, "--ann", damaged.val, "--images", damaged.images)
+    assert result.exit_code == 0, result.output
+    assert str(damaged.second_image("val")) in result.stderr
+    assert "2 images" in result.stdout
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="trainer.pseudo_label_quality builds its own EvalDataset without TrainData.unreadable "
+    "(trainer.py belongs to another change; see docs/cli.md#faults)",
+)
+def test_pseudo_label_quality_skips_a_damaged_unlabeled_image(damaged, cli, tmp_path):
+    result = cli(*train_args(damaged, tmp_path / "runs", pseudo_images=100))
+    assert result.exit_code == 0, result.output
+
+
+# --------------------------------------------------------------------------- checkpoints
+@pytest.fixture(scope="module")
+def tiny_checkpoint(tiny_data, tmp_path_factory) -> Path:
+    """A run folder's last.pt after one supervised step."""
+    from tests.conftest import run_cli
+
+    runs = tmp_path_factory.mktemp("runs")
+    result = run_cli(
+        "train", "--train-ann", tiny_data.train, "--train-images", tiny_data.images, "--iters", "1",
+        "--runs-dir", runs, "--name", "tiny", *tiny_set_args(),
+    )
+    assert result.exit_code == 0, result.output
+    return runs / "tiny" / "checkpoints" / "last.pt"
