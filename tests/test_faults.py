@@ -187,3 +187,23 @@ def tiny_checkpoint(tiny_data, tmp_path_factory) -> Path:
     )
     assert result.exit_code == 0, result.output
     return runs / "tiny" / "checkpoints" / "last.pt"
+
+
+# --------------------------------------------------------------------------- advice in errors
+def test_evaluate_checkpoint_advice_names_no_option_it_lacks(tiny_checkpoint, clean, cli):
+    clean.second_image("val").unlink()
+    result = cli("evaluate", "--checkpoint", tiny_checkpoint, "--ann", clean.val, "--images", clean.images)
+    assert result.exit_code == 2, result.output
+    assert "ssodkit data check" in result.stderr and "--skip-invalid" not in result.stderr
+
+
+def test_split_coco_advice_names_no_option_split_lacks(clean):
+    from ssodkit.data.splits import split_coco
+    from ssodkit.errors import DataError
+
+    coco = json.loads(clean.train.read_text())
+    coco["annotations"][0]["bbox"][2] = -1
+    clean.train.write_text(json.dumps(coco))
+    with pytest.raises(DataError) as caught:
+        split_coco(clean.train, 50, 1)
+    assert "ssodkit data check" in str(caught.value) and "--skip-invalid" not in str(caught.value)

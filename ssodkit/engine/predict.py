@@ -162,7 +162,7 @@ def evaluate_checkpoint(
     """Score a checkpoint on a COCO file; write results JSON (and metrics) next to `out`.
 
     An image that cannot be decoded is named on stderr and left out of the score."""
-    from ssodkit.data.coco import load_coco
+    from ssodkit.data.coco import CHECK_REMEDY, load_coco
     from ssodkit.data.datasets import EvalDataset, UnreadableImages
     from ssodkit.engine.runtime import load_model_from_checkpoint, resolve_device
     from ssodkit.io import write_json_atomic
@@ -171,7 +171,7 @@ def evaluate_checkpoint(
     dev = resolve_device(device)
     loaded = load_model_from_checkpoint(checkpoint, weights=weights, device=dev)
     model, cfg, classes = loaded.model, loaded.cfg, loaded.classes
-    coco = load_coco(ann, images, skip_invalid=skip_invalid, check_images="exists")
+    coco = load_coco(ann, images, skip_invalid=skip_invalid, check_images="exists", remedy=CHECK_REMEDY)
     check_same_classes(classes, coco.class_names, checkpoint, ann)
     dataset = Guarded(EvalDataset(coco, eval_view(cfg.views)), UnreadableImages().record)
     result, results = evaluate_model(
