@@ -207,3 +207,19 @@ def test_split_coco_advice_names_no_option_split_lacks(clean):
     with pytest.raises(DataError) as caught:
         split_coco(clean.train, 50, 1)
     assert "ssodkit data check" in str(caught.value) and "--skip-invalid" not in str(caught.value)
+
+
+# --------------------------------------------------------------------------- silent acceptance
+@pytest.mark.parametrize("score", [1.5, -0.2])
+@pytest.mark.parametrize("command", ["evaluate", "stats"])
+def test_a_score_outside_0_1_is_refused_naming_the_entry(clean, cli, tmp_path, score, command):
+    image_id = json.loads(clean.val.read_text())["images"][0]["id"]
+    good = {"image_id": image_id, "category_id": 1, "bbox": [1, 2, 3, 4], "score": 0.5}
+    path = tmp_path / "results.json"
+    path.write_text(json.dumps([good, {**good, "score": score}]))
+    if command == "evaluate":
+        result = cli("evaluate", "--predictions", path, "--ann", clean.val)
+    else:
+        result = cli("stats", "pseudo", "--pseudo", path, "--gt", clean.val)
+    assert result.exit_code == 2, result.output
+    assert f"entry 1: score {score:g} is outside [0, 1]" in result.stderr
