@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from ssodkit.detectors.config import DetectorConfig
 from ssodkit.errors import ConfigError
@@ -129,6 +129,16 @@ class EvalConfig(_Section):
 class OutputConfig(_Section):
     runs_dir: Path = Path("runs")
     name: str | None = Field(None, description="run folder name; default <method>-<detector>[-N]")
+
+    @field_validator("name")
+    @classmethod
+    def _one_folder(cls, name: str | None) -> str | None:
+        """The run folder stays inside runs_dir: `../x` or `a/b` would write elsewhere."""
+        if name is not None and (
+            name in ("", ".", "..") or any(sep in name for sep in ("/", "\\", "\0"))
+        ):
+            raise ValueError("must be one folder name, without '/', '\\' or '..'; put the parent in --runs-dir")
+        return name
 
 
 class RunConfig(_Section):

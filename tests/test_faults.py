@@ -223,3 +223,10 @@ def test_a_score_outside_0_1_is_refused_naming_the_entry(clean, cli, tmp_path, s
         result = cli("stats", "pseudo", "--pseudo", path, "--gt", clean.val)
     assert result.exit_code == 2, result.output
     assert f"entry 1: score {score:g} is outside [0, 1]" in result.stderr
+
+
+@pytest.mark.parametrize("name", ["../../x", "a/b", "..", "a\\b"])
+def test_a_run_name_cannot_leave_the_runs_dir(cli, tmp_path, name):
+    result = cli("train", "--name", name, "--runs-dir", tmp_path / "runs")
+    assert_one_clean_error(result, "output.name", "one folder name")
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "x").exists()
