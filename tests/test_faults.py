@@ -117,7 +117,7 @@ def test_damaged_train_unlabeled_and_val_images_are_skipped_named_once_and_count
         name = str(damaged.second_image(split))
         assert result.stderr.count(name) == 1, f"{split}: {result.stderr}"
     assert "warning: skipped an image that cannot be decoded" in result.stderr
-    assert "3 unreadable images skipped" in result.stdout
+    assert "3 unreadable images skipped" in result.stdout and "val COCO bbox" in result.stdout
     assert (tmp_path / "runs" / "mean_teacher-fcos" / "checkpoints" / "last.pt").is_file()
 
 
@@ -230,3 +230,27 @@ def test_a_run_name_cannot_leave_the_runs_dir(cli, tmp_path, name):
     result = cli("train", "--name", name, "--runs-dir", tmp_path / "runs")
     assert_one_clean_error(result, "output.name", "one folder name")
     assert not (tmp_path / "runs").exists() and not (tmp_path / "x").exists()
+
+
+def test_data_check_says_pixels_were_not_decoded_unless_decode(damaged, cli):
+    quick = cli("data", "check", "--ann", damaged.train, "--images", damaged.images)
+    assert quick.exit_code == 0 and "not decoded" in quick.stdout and "--decode" in quick.stdout
+    decoded = cli("data", "check", "--ann", damaged.train, "--images", damaged.images, "--decode")
+    assert decoded.exit_code == 1
+    assert damaged.second_image("train").name in decoded.stdout
+
+
+# --------------------------------------------------------------------------- output conventions
+def test_results_go_to_stdout_unwrapped_and_nothing_else_does(clean, cli, tmp_path):
+    deep = tmp_path / ("a-rather-long-folder-name-" * 4) / "val.json"
+    deep.parent.mkdir()
+    shutil.copy(clean.val, deep)
+    result = cli("data", "check", "--ann", deep, "--images", clean.images)
+    assert result.exit_code == 0, result.output
+    assert str(deep) in result.stdout  # one line, not cut at column 80
+    assert result.stderr == ""
+    image_id = json.loads(clean.val.read_text())["images"][0]["id"]
+    path = tmp_path / "results.json"
+    path.write_text(json.dumps([{"image_id": image_id, "category_id": 1, "bbox": [1, 2, 3, 4], "score": 0.5}]))
+    scored = cli("evaluate", "--predictions", path, "--ann", clean.val)
+    assert scored.exit_code == 0 and "AP50" in scored.stdout and scored.stderr == ""
