@@ -254,3 +254,94 @@ def test_results_go_to_stdout_unwrapped_and_nothing_else_does(clean, cli, tmp_pa
     path.write_text(json.dumps([{"image_id": image_id, "category_id": 1, "bbox": [1, 2, 3, 4], "score": 0.5}]))
     scored = cli("evaluate", "--predictions", path, "--ann", clean.val)
     assert scored.exit_code == 0 and "AP50" in scored.stdout and scored.stderr == ""
+
+
+# --------------------------------------------------------------------------- run folders
+def test_an_unwritable_runs_dir_is_one_line(tiny_data, cli, tmp_path):
+    """A file where a folder should be: as root, chmod cannot make a folder read-only."""
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    result = cli(
+        "train", "--train-ann", tiny_data.train, "--train-images", tiny_data.images, "--iters", "1",
+        "--runs-dir", blocker / "runs", *tiny_set_args(),
+    )
+    assert_one_clean_error(result, str(blocker / "runs"), "Not a directory")
+
+
+def test_a_checkpoint_write_that_fails_midway_leaves_the_previous_checkpoint_intact(tmp_path, monkeypatch):
+    import errno
+    import os
+
+    from ssodkit.engine import checkpoint as ckpt
+
+    path = tmp_path / "checkpoints" / "last.pt"
+    ckpt.save_checkpoint({"student": {"w": torch.ones(3)}, "config": {}, "iteration": 1}, path)
+    before = path.read_bytes()
+
+    def full_disk(obj, f) -> None:
+        f.write(b"PK\x03\x04 half a zip")
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+
+    monkeypatch.setattr(ckpt.torch, "save", full_disk)
+    with pytest.raises(OSError, match="No space left"):
+        ckpt.save_checkpoint({"student": {"w": torch.zeros(3)}, "config": {}, "iteration": 2}, path)
+    assert path.read_bytes() == before
+    assert ckpt.load_checkpoint(path)["iteration"] == 1
+    assert [p.name for p in path.parent.iterdir()] == ["last.pt"]  # no temp file left behind
+
+
+def damage_checkpoint(path: Path) -> None:
+    """Binary garbage with control bytes, the kind that used to reach the terminal."""
+    path.write_bytes(b"\x80\x02" + bytes(range(256)) * 4)
+
+
+@pytest.mark.parametrize("command", ["evaluate", "pseudolabel", "init-from", "resume"])
+def test_a_damaged_checkpoint_is_one_readable_line(tiny_checkpoint, tiny_data, cli, tmp_path, command):
+    run = tmp_path / "run"
+    shutil.copytree(tiny_checkpoint.parent.parent, run)
+    bad = run / "checkpoints" / "last.pt"
+    damage_checkpoint(bad)
+    data = ["--train-ann", tiny_data.train, "--train-images", tiny_data.images]
+    args = {
+        "evaluate": ["evaluate", "--checkpoint", bad, "--ann", tiny_data.val, "--images", tiny_data.images],
+        "pseudolabel": ["pseudolabel", "--checkpoint", bad, "--images", tiny_data.images, "--out", tmp_path / "p.json"],
+        "init-from": ["train", *data, "--init-from", bad, "--runs-dir", tmp_path / "runs", *tiny_set_args()],
+        "resume": ["train", "--resume", run],
+    }[command]
+    result = cli(*args)
+    assert_one_clean_error(result, str(bad), "not a readable ssodkit checkpoint")
+    assert len(error_lines(result.stderr)[0]) < 300
+
+
+# --------------------------------------------------------------------------- Ctrl-C
+class _SigintDisposition(torch.utils.data.Dataset):
+    def __len__(self) -> int:
+        return 4
+
+    def __getitem__(self, index: int) -> bool:
+        import signal
+
+        return signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+
+
+def test_data_loader_workers_leave_ctrl_c_to_the_main_process():
+    """Each worker would otherwise run the trainer's handler and print its message again."""
+    from ssodkit.data.datasets import ignore_sigint
+
+    loader = torch.utils.data.DataLoader(
+        _SigintDisposition(), batch_size=1, num_workers=2, worker_init_fn=ignore_sigint
+    )
+    assert all(bool(b) for b in loader)
+
+
+def test_ctrl_c_inside_a_command_prints_interrupted_once_and_exits_130(monkeypatch, capsys):
+    from ssodkit.cli import app
+
+    def interrupted_command() -> None:
+        raise SystemExit(130)  # what typer makes of a KeyboardInterrupt in a command
+
+    monkeypatch.setattr(app, "build_app", lambda: interrupted_command)
+    with pytest.raises(SystemExit) as caught:
+        app.main()
+    assert caught.value.code == 130
+    assert capsys.readouterr().err == "interrupted\n"

@@ -52,11 +52,29 @@ def error_exit(message: str, code: int = 2) -> None:
     raise SystemExit(code)
 
 
+def user_error(exc: BaseException) -> str | None:
+    """The one-line message of an error the user can fix, None for a bug (which keeps its
+    traceback). An operating-system error on a path (read-only or full disk, a file where a
+    folder should be) is the user's to fix, like a bad flag."""
+    if isinstance(exc, SsodkitError):
+        return str(exc)
+    if isinstance(exc, OSError) and exc.strerror:
+        return f"{exc.filename}: {exc.strerror}" if exc.filename else exc.strerror
+    return None
+
+
 def main() -> None:
     try:
         build_app()()
-    except SsodkitError as exc:
-        error_exit(str(exc))
+    except SystemExit as exc:
+        if exc.code == 130:  # typer turns Ctrl-C inside a command into a silent exit 130
+            typer.echo("interrupted", err=True)
+        raise
     except KeyboardInterrupt:
         typer.echo("interrupted", err=True)
         sys.exit(130)
+    except (SsodkitError, OSError) as exc:
+        message = user_error(exc)
+        if message is None:
+            raise
+        error_exit(message)
