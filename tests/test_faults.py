@@ -345,3 +345,32 @@ def test_ctrl_c_inside_a_command_prints_interrupted_once_and_exits_130(monkeypat
         app.main()
     assert caught.value.code == 130
     assert capsys.readouterr().err == "interrupted\n"
+
+
+# --------------------------------------------------------------------------- help
+@pytest.mark.parametrize(
+    "command",
+    [["train"], ["evaluate"], ["pseudolabel"], ["split"], ["data", "check"], ["stats", "pseudo"], ["plugins"]],
+)
+def test_help_shows_flags_without_a_value_type(cli, command):
+    result = cli(*command, "--help")
+    assert result.exit_code == 0 and "--help" in result.stdout
+    assert "<bool>" not in result.stdout
+
+
+def test_train_help_shows_the_configs_defaults(cli):
+    from ssodkit.cli.train_cmd import FLAG_KEYS, HELP_DEFAULTS
+    from ssodkit.config import RunConfig
+
+    config = RunConfig().model_dump(mode="json")
+    for flag, shown in HELP_DEFAULTS.items():
+        section, key = FLAG_KEYS[flag].split(".")
+        value = config[section][key]
+        if value is None:
+            continue  # said in words: synthetic data, 4 × batch size, <method>-<detector>
+        if isinstance(value, bool):
+            assert shown == ("" if value else "no-") + flag.replace("_", "-"), flag
+        else:
+            assert shown == str(value), flag
+    assert "[default: 600]" in cli("train", "--help").stdout
+

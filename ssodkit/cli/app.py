@@ -7,6 +7,7 @@ User errors (`SsodkitError`) are printed as one line on stderr with exit code 2.
 from __future__ import annotations
 
 import sys
+from typing import Any
 
 import typer
 
@@ -18,11 +19,29 @@ BUILTIN_COMMAND_MODULES = (
 )
 
 
+def _hide_flag_types() -> None:
+    """Leave the type column of a flag's help row empty (typer ≥ 0.20 shows `<bool>` beside
+    `--decode` or `--help`, which reads as if the flag took a value)."""
+    from typer.core import TyperOption
+
+    shown = TyperOption.display_type_rich
+    if getattr(shown, "hides_flags", False):
+        return
+
+    def display_type_rich(self: TyperOption, ctx: Any) -> str | None:
+        return None if self.is_flag else shown(self, ctx)
+
+    display_type_rich.hides_flags = True  # type: ignore[attr-defined]
+    TyperOption.display_type_rich = display_type_rich  # type: ignore[method-assign]
+
+
 def build_app() -> typer.Typer:
     """A fresh app with the built-in commands and any commands plugins add."""
     import importlib
 
     from ssodkit.plugins import get_plugin_manager
+
+    _hide_flag_types()
 
     app = typer.Typer(
         name="ssodkit",

@@ -265,7 +265,7 @@ def pseudo(
     """Pseudo-labels against hidden GT: counts, sizes, classes, precision/recall by threshold.
 
     Matching is COCOeval's (greedy by descending score, per image and class; a detection on a
-    crowd region is neither TP nor FP), at IoU 0.5:0.95 and --iou.
+    crowd region is neither TP nor FP), at IoU 0.5, 0.75 and --iou.
     """
     from ssodkit.data.coco import CHECK_REMEDY, load_coco, load_results
     from ssodkit.io import write_json_atomic
