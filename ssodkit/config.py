@@ -232,6 +232,18 @@ def _field_names(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
     return list(model.model_fields)
 
 
+def _in_other_sections(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
+    """`section.key` of every other top-level section with this exact key: `train.iters`
+    is `schedule.iters`, `train.lr` is `optim.lr`."""
+    if len(loc) != 2:
+        return []
+    return [
+        f"{section}.{loc[1]}"
+        for section in model.model_fields
+        if section != loc[0] and str(loc[1]) in _field_names(model, (section, loc[1]))
+    ]
+
+
 def format_validation_error(exc: ValidationError, model: type[BaseModel], prefix: str = "") -> str:
     """One line per problem: `field = value: why`, with close matches for unknown keys."""
     lines = []
@@ -240,6 +252,7 @@ def format_validation_error(exc: ValidationError, model: type[BaseModel], prefix
         name = prefix + ".".join(str(p) for p in loc)
         if err["type"] == "extra_forbidden":
             close = difflib.get_close_matches(str(loc[-1]), _field_names(model, loc), n=1)
+            close = close or _in_other_sections(model, loc)
             hint = f"; did you mean '{close[0]}'?" if close else ""
             lines.append(f"unknown config key '{name}'{hint}")
         else:

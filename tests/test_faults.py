@@ -374,3 +374,13 @@ def test_train_help_shows_the_configs_defaults(cli):
             assert shown == str(value), flag
     assert "[default: 600]" in cli("train", "--help").stdout
 
+
+@pytest.mark.parametrize(
+    ("key", "hint"), [("train.iters", "schedule.iters"), ("train.lr", "optim.lr"), ("optim.lrr", "lr")]
+)
+def test_an_unknown_config_key_points_to_the_section_that_has_it(key, hint):
+    from ssodkit.config import build_config
+    from ssodkit.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=rf"unknown config key '{key}'; did you mean '{hint}'\?"):
+        build_config(None, {}, [f"{key}=5"])
