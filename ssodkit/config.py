@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from ssodkit.detectors.config import DetectorConfig
 from ssodkit.errors import ConfigError
@@ -42,6 +42,10 @@ class DataConfig(_Section):
     )
     synthetic_seed: int = 0
     skip_invalid: bool = False
+    strict_images: bool = Field(
+        False, description="stop at the first image that cannot be decoded during training "
+        "or evaluation instead of skipping it (with a warning) and counting it"
+    )
     num_workers: int = Field(2, ge=0)
 
     @property
@@ -150,6 +154,16 @@ class OutputConfig(_Section):
     runs_dir: Path = Path("runs")
     name: str | None = Field(None, description="run folder name; default <method>-<detector>[-N]")
 
+    @field_validator("name")
+    @classmethod
+    def _one_folder(cls, name: str | None) -> str | None:
+        """The run folder stays inside runs_dir: `../x` or `a/b` would write elsewhere."""
+        if name is not None and (
+            name in ("", ".", "..") or any(sep in name for sep in ("/", "\\", "\0"))
+        ):
+            raise ValueError("must be one folder name, without '/', '\\' or '..'; put the parent in --runs-dir")
+        return name
+
 
 class RunConfig(_Section):
     data: DataConfig = Field(default_factory=DataConfig)
@@ -243,6 +257,18 @@ def _field_names(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
     return list(model.model_fields)
 
 
+def _in_other_sections(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
+    """`section.key` of every other top-level section with this exact key: `train.iters`
+    is `schedule.iters`, `train.lr` is `optim.lr`."""
+    if len(loc) != 2:
+        return []
+    return [
+        f"{section}.{loc[1]}"
+        for section in model.model_fields
+        if section != loc[0] and str(loc[1]) in _field_names(model, (section, loc[1]))
+    ]
+
+
 def format_validation_error(exc: ValidationError, model: type[BaseModel], prefix: str = "") -> str:
     """One line per problem: `field = value: why`, with close matches for unknown keys."""
     lines = []
@@ -251,6 +277,7 @@ def format_validation_error(exc: ValidationError, model: type[BaseModel], prefix
         name = prefix + ".".join(str(p) for p in loc)
         if err["type"] == "extra_forbidden":
             close = difflib.get_close_matches(str(loc[-1]), _field_names(model, loc), n=1)
+            close = close or _in_other_sections(model, loc)
             hint = f"; did you mean '{close[0]}'?" if close else ""
             lines.append(f"unknown config key '{name}'{hint}")
         else:

@@ -27,14 +27,14 @@ def run_cli(*args: str) -> CliResult:
     """Invoke `ssodkit ARGS` in-process; user errors become exit 2 + 'error: …' on stderr."""
     from typer.testing import CliRunner
 
-    from ssodkit.cli.app import build_app
-    from ssodkit.errors import SsodkitError
+    from ssodkit.cli.app import build_app, user_error
 
     runner = CliRunner()
     result = runner.invoke(build_app(), [str(a) for a in args])
     stderr = result.stderr if result.stderr_bytes is not None else ""
-    if isinstance(result.exception, SsodkitError):
-        return CliResult(2, result.stdout, stderr + f"error: {result.exception}\n")
+    message = None if result.exception is None else user_error(result.exception)
+    if message is not None:
+        return CliResult(2, result.stdout, stderr + f"error: {message}\n")
     if result.exception is not None and not isinstance(result.exception, SystemExit):
         raise result.exception
     return CliResult(result.exit_code, result.stdout, stderr)

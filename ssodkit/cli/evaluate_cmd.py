@@ -7,8 +7,8 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 
+from ssodkit.cli.output import console
 from ssodkit.errors import SsodkitError
 
 
@@ -60,10 +60,9 @@ def evaluate(
 
 def evaluate_predictions(ann: Path, predictions: Path, *, backend: str, out: Path | None) -> Any:
     """Score a results file against a GT file; write the metrics JSON when `out` is given."""
+    from ssodkit.data.coco import CHECK_REMEDY, load_coco, load_results
     from ssodkit.evaluation.coco_eval import evaluate_coco
     from ssodkit.io import write_json_atomic
-
-    from ssodkit.data.coco import CHECK_REMEDY, load_coco, load_results
 
     # Only boxes are scored, so the image files need not be present.
     dataset = load_coco(ann, check_images="none", remedy=CHECK_REMEDY)
@@ -77,10 +76,10 @@ def evaluate_predictions(ann: Path, predictions: Path, *, backend: str, out: Pat
 def _show(result: Any, title: str, *, per_class: bool) -> None:
     from ssodkit.cli.tables import per_class_table, results_table
 
-    console = Console()
-    console.print(results_table(result, title))
-    console.print(
+    stdout = console()
+    stdout.print(results_table(result, title))
+    stdout.print(
         f"{result.num_images} images, {result.num_detections} detections, backend {result.backend}"
     )
     if per_class and result.per_class:
-        console.print(per_class_table(result))
+        stdout.print(per_class_table(result))

@@ -6,8 +6,9 @@ import json
 from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.table import Table
+
+from ssodkit.cli.output import console
 
 
 def plugins(
@@ -29,7 +30,7 @@ def plugins(
         table.add_column(column)
     for row in rows:
         table.add_row(*(str(row[c]) for c in ("kind", "name", "package", "version", "plugin")))
-    Console().print(table)
+    console().print(table)
 
 
 def register(app: typer.Typer) -> None:

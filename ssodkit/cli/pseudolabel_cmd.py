@@ -6,8 +6,9 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.markup import escape
+
+from ssodkit.cli.output import console
 
 MAX_LISTED_SKIPS = 5
 
@@ -68,21 +69,21 @@ def pseudolabel(
     )
     path = pl.write(result, out)
 
-    console = Console(highlight=False, soft_wrap=True)
+    stdout = console(highlight=False)
     if result.teacher_missing:
-        console.print(f"weights: student ({escape(checkpoint.name)} has no teacher)")
+        stdout.print(f"weights: student ({escape(checkpoint.name)} has no teacher)")
     else:
-        console.print(f"weights: {result.weights}")
+        stdout.print(f"weights: {result.weights}")
     n_boxes = len(result.entries)
-    console.print(
+    stdout.print(
         f"pseudo-labelled {result.n_predicted}/{result.n_images} images: {n_boxes} boxes "
         f"with score >= {score_thr:g} ({n_boxes / max(result.n_predicted, 1):.2f} per image)"
     )
-    console.print(f"wrote {escape(str(path))} (format {result.fmt})")
+    stdout.print(f"wrote {escape(str(path))} (format {result.fmt})")
     if result.fmt == "coco":
-        console.print(f"image root: {escape(str(result.image_root))}")
+        stdout.print(f"image root: {escape(str(result.image_root))}")
     if result.skipped:
-        err = Console(stderr=True, highlight=False, soft_wrap=True)
+        err = console(stderr=True, highlight=False)
         n = len(result.skipped)
         listed = "; ".join(f"{s.name} ({s.reason})" for s in result.skipped[:MAX_LISTED_SKIPS])
         more = f"; … and {n - MAX_LISTED_SKIPS} more" if n > MAX_LISTED_SKIPS else ""

@@ -6,8 +6,8 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 
+from ssodkit.cli.output import console
 from ssodkit.data.coco import CHECK_REMEDY, load_coco
 from ssodkit.data.splits import check_split_args, split_dataset, split_paths
 
@@ -27,12 +27,12 @@ def split(
     """Write `<stem>.<fold>@<percent>.json` (labeled) and `…-unlabeled.json` (the rest)."""
     check_split_args(percent, fold)
     coco = load_coco(ann, check_images="none", remedy=CHECK_REMEDY)
-    console = Console()
+    stdout = console()
     for part, path in zip(
         split_dataset(coco, percent, fold), split_paths(ann, percent, fold, out), strict=True
     ):
         part.save(path)
-        console.print(
+        stdout.print(
             f"{path}: {len(part.images)} images, {len(part.annotations)} annotations",
             markup=False,
             highlight=False,

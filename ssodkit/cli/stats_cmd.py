@@ -11,10 +11,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
-from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from ssodkit.cli.output import console
 from ssodkit.cli.tables import pct
 from ssodkit.errors import ConfigError, DataError
 
@@ -277,7 +277,7 @@ def pseudo(
     """Pseudo-labels against hidden GT: counts, sizes, classes, precision/recall by threshold.
 
     Matching is COCOeval's (greedy by descending score, per image and class; a detection on a
-    crowd region is neither TP nor FP), at IoU 0.5:0.95 and --iou.
+    crowd region is neither TP nor FP), at IoU 0.5, 0.75 and --iou.
     """
     from ssodkit.data.coco import CHECK_REMEDY, load_coco, load_results
     from ssodkit.io import write_json_atomic
@@ -291,21 +291,21 @@ def pseudo(
     stats = compute_pseudo_stats(
         coco, results, score_thr=score_thr, iou=iou, score_thresholds=score_thresholds
     )
-    console = Console()
+    stdout = console()
     tables = (_summary_table, _sizes_table, _classes_table, _sweep_table, _images_table)
     for make_table in tables:
         table = make_table(stats)
         if table is not None:
-            console.print(table)
+            stdout.print(table)
     if out_json is not None:
-        console.print(f"wrote {write_json_atomic(out_json, stats.model_dump(mode='json'))}")
+        stdout.print(f"wrote {write_json_atomic(out_json, stats.model_dump(mode='json'))}")
     if plots is not None:
         from ssodkit.stats.plots import write_pseudo_plots
 
         written = write_pseudo_plots(
             stats, plots, coco=coco if images is not None else None, results=results
         )
-        console.print(f"wrote {len(written)} plots to {plots}")
+        stdout.print(f"wrote {len(written)} plots to {plots}")
 
 
 @stats_app.command("data")
@@ -327,22 +327,22 @@ def data(
 
     coco = load_coco(ann, check_images="none", remedy=CHECK_REMEDY)
     stats = compute_data_stats(coco, resampling_t=resampling_t)
-    console = Console()
+    stdout = console()
     for table in _data_tables(stats):
-        console.print(table)
-    console.print(repeat_factor_table(stats))
+        stdout.print(table)
+    stdout.print(repeat_factor_table(stats))
     r = stats.resampling
-    console.print(
+    stdout.print(
         f"Labeled Resampling: {r.images_repeated} of {stats.num_images} images repeated, "
         f"an epoch draws {r.epoch_images:.1f} images (max r(I) {_num(r.max_factor)})"
     )
     if out_json is not None:
-        console.print(f"wrote {write_json_atomic(out_json, stats.model_dump(mode='json'))}")
+        stdout.print(f"wrote {write_json_atomic(out_json, stats.model_dump(mode='json'))}")
     if plots is not None:
         from ssodkit.stats.plots import write_data_plots
 
         written = write_data_plots(stats, plots)
-        console.print(f"wrote {len(written)} plots to {plots}")
+        stdout.print(f"wrote {len(written)} plots to {plots}")
 
 
 @stats_app.command("grad")
@@ -385,12 +385,12 @@ def grad(
         checkpoint, ann, images, views=[v.strip() for v in views.split(",") if v.strip()],
         score_thr=score_thr, max_images=max_images, bins=bins, seed=seed, device=device,
     )
-    console = Console()
-    console.print(_grad_table(stats))
+    stdout = console()
+    stdout.print(_grad_table(stats))
     if out_json is not None:
-        console.print(f"wrote {write_json_atomic(out_json, stats.model_dump(mode='json'))}")
+        stdout.print(f"wrote {write_json_atomic(out_json, stats.model_dump(mode='json'))}")
     if plots is not None:
         from ssodkit.stats.plots import write_grad_plots
 
         written = write_grad_plots(stats, plots)
-        console.print(f"wrote {len(written)} plots to {plots}")
+        stdout.print(f"wrote {len(written)} plots to {plots}")

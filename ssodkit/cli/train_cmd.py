@@ -36,36 +36,69 @@ FLAG_KEYS = {
     "runs_dir": "output.runs_dir",
 }
 
+# What a flag left out means when no recipe sets it: RunConfig's defaults (test_faults checks
+# that they agree), written out so that `ssodkit train --help` need not import torch.
+HELP_DEFAULTS = {
+    "method": "supervised",
+    "detector": "fcos",
+    "backbone": "resnet18",
+    "pretrained": "no-pretrained",
+    "train_ann": "synthetic data",
+    "train_images": "guessed beside --train-ann",
+    "val_images": "guessed beside --val-ann",
+    "fold": "1",
+    "skip_invalid": "no-skip-invalid",
+    "workers": "2",
+    "iters": "600",
+    "batch_size": "8",
+    "unlabeled_batch_size": "4 × batch size",
+    "lr": "0.01",
+    "device": "auto",
+    "amp": "auto",
+    "seed": "0",
+    "name": "<method>-<detector>",
+    "runs_dir": "runs",
+}
+
+
+def _with_default(text: str, key: str) -> str:
+    """Help text ending in the config's default, styled as typer styles its own."""
+    return f"{text} [dim]\\[default: {HELP_DEFAULTS[key]}][/]"
+
 
 def train(
     config: Annotated[Optional[Path], typer.Option("--config", "-c", help="recipe YAML (see recipes/)")] = None,
-    method: Annotated[Optional[str], typer.Option(help="SSOD method (ssodkit plugins lists them)")] = None,
-    detector: Annotated[Optional[str], typer.Option(help="faster_rcnn, retinanet, fcos, or a plugin's")] = None,
-    backbone: Annotated[Optional[str], typer.Option(help="timm model name")] = None,
-    pretrained: Annotated[Optional[bool], typer.Option("--pretrained/--no-pretrained", help="ImageNet backbone weights")] = None,
-    train_ann: Annotated[Optional[Path], typer.Option(help="labeled COCO JSON (default: synthetic data)")] = None,
-    train_images: Annotated[Optional[Path], typer.Option(help="image folder of --train-ann")] = None,
+    method: Annotated[Optional[str], typer.Option(help=_with_default("SSOD method (ssodkit plugins lists them)", "method"))] = None,
+    detector: Annotated[Optional[str], typer.Option(help=_with_default("faster_rcnn, retinanet, fcos, or a plugin's", "detector"))] = None,
+    backbone: Annotated[Optional[str], typer.Option(help=_with_default("timm model name", "backbone"))] = None,
+    pretrained: Annotated[Optional[bool], typer.Option("--pretrained/--no-pretrained", help=_with_default("ImageNet backbone weights", "pretrained"))] = None,
+    train_ann: Annotated[Optional[Path], typer.Option(help=_with_default("labeled COCO JSON", "train_ann"))] = None,
+    train_images: Annotated[Optional[Path], typer.Option(help=_with_default("image folder of --train-ann", "train_images"))] = None,
     val_ann: Annotated[Optional[Path], typer.Option(help="validation COCO JSON")] = None,
-    val_images: Annotated[Optional[Path], typer.Option(help="image folder of --val-ann")] = None,
+    val_images: Annotated[Optional[Path], typer.Option(help=_with_default("image folder of --val-ann", "val_images"))] = None,
     unlabeled: Annotated[Optional[Path], typer.Option(help="unlabeled COCO JSON or image folder")] = None,
     labeled_percent: Annotated[Optional[float], typer.Option(help="keep this percentage of --train-ann labeled (COCO-standard split)")] = None,
-    fold: Annotated[Optional[int], typer.Option(help="split fold (seed), 1..5 in the literature")] = None,
-    skip_invalid: Annotated[Optional[bool], typer.Option("--skip-invalid/--no-skip-invalid", help="drop invalid COCO records instead of failing")] = None,
-    workers: Annotated[Optional[int], typer.Option(help="data-loading worker processes")] = None,
-    iters: Annotated[Optional[int], typer.Option(help="training iterations")] = None,
-    batch_size: Annotated[Optional[int], typer.Option(help="labeled images per step and device")] = None,
-    unlabeled_batch_size: Annotated[Optional[int], typer.Option(help="unlabeled images per step and device (default 4 × batch size)")] = None,
-    lr: Annotated[Optional[float], typer.Option(help="base learning rate")] = None,
-    device: Annotated[Optional[str], typer.Option(help="auto, cpu, cuda, cuda:N")] = None,
-    amp: Annotated[Optional[str], typer.Option(help="auto, off, fp16, bf16 (CUDA only)")] = None,
-    seed: Annotated[Optional[int], typer.Option(help="random seed")] = None,
+    fold: Annotated[Optional[int], typer.Option(help=_with_default("split fold (seed), 1..5 in the literature", "fold"))] = None,
+    skip_invalid: Annotated[Optional[bool], typer.Option("--skip-invalid/--no-skip-invalid", help=_with_default("drop invalid COCO records instead of failing", "skip_invalid"))] = None,
+    workers: Annotated[Optional[int], typer.Option(help=_with_default("data-loading worker processes", "workers"))] = None,
+    iters: Annotated[Optional[int], typer.Option(help=_with_default("training iterations", "iters"))] = None,
+    batch_size: Annotated[Optional[int], typer.Option(help=_with_default("labeled images per step and device", "batch_size"))] = None,
+    unlabeled_batch_size: Annotated[Optional[int], typer.Option(help=_with_default("unlabeled images per step and device", "unlabeled_batch_size"))] = None,
+    lr: Annotated[Optional[float], typer.Option(help=_with_default("base learning rate", "lr"))] = None,
+    device: Annotated[Optional[str], typer.Option(help=_with_default("auto, cpu, cuda, cuda:N", "device"))] = None,
+    amp: Annotated[Optional[str], typer.Option(help=_with_default("auto, off, fp16, bf16 (CUDA only)", "amp"))] = None,
+    seed: Annotated[Optional[int], typer.Option(help=_with_default("random seed", "seed"))] = None,
     init_from: Annotated[Optional[Path], typer.Option(help="start from this checkpoint's detector weights (e.g. a supervised run's last.pt)")] = None,
-    name: Annotated[Optional[str], typer.Option(help="run folder name under --runs-dir")] = None,
-    runs_dir: Annotated[Optional[Path], typer.Option(help="where run folders go (default runs/)")] = None,
+    name: Annotated[Optional[str], typer.Option(help=_with_default("run folder name under --runs-dir", "name"))] = None,
+    runs_dir: Annotated[Optional[Path], typer.Option(help=_with_default("where run folders go", "runs_dir"))] = None,
     set_: Annotated[Optional[list[str]], typer.Option("--set", help="override any config value: section.key=value")] = None,
     resume: Annotated[Optional[Path], typer.Option(help="continue the run in this folder from its last checkpoint")] = None,
 ) -> None:
-    """Train a detector (supervised or semi-supervised) and report COCO mAP."""
+    """Train a detector (supervised or semi-supervised) and report COCO mAP.
+
+    Defaults are the config's; a --config recipe or --set overrides them.
+    """
+    from ssodkit.cli.output import console
     from ssodkit.config import build_config, load_saved_config
     from ssodkit.engine.trainer import Trainer
     from ssodkit.cli.tables import per_class_table, results_table
@@ -81,25 +114,28 @@ def train(
         flags = {FLAG_KEYS[k]: (str(v) if isinstance(v, Path) else v) for k, v in given.items()}
         cfg = build_config(config, flags, set_ or [])
 
-    trainer = Trainer(cfg, resume=resume)
+    trainer = Trainer(cfg, resume=resume, console=console(stderr=True))  # progress and logs
     try:
-        console = trainer.console
         if trainer.dist.is_main:
-            console.print(
+            trainer.console.print(
                 f"[bold]ssodkit train[/] {cfg.method.name} / {cfg.detector.name} ({cfg.detector.backbone}) "
                 f"on {trainer.device} — {len(trainer.data.train_dataset)} labeled images, "
                 f"{trainer.data.num_unlabeled} unlabeled, {len(trainer.classes)} classes → {trainer.run_dir}"
             )
         summary = trainer.run()
         if trainer.dist.is_main:
+            results = console()
             for role, result in summary.final.items():
-                console.print(results_table(result, title=f"{role} — val COCO bbox (iter {summary.final_iter})"))
+                results.print(results_table(result, title=f"{role} — val COCO bbox (iter {summary.final_iter})"))
             primary = summary.final.get("teacher") or summary.final.get("student")
             if primary is not None:
-                console.print(per_class_table(primary))
-            console.print(
+                results.print(per_class_table(primary))
+            unreadable = trainer.data.unreadable.summary()
+            results.print(
                 f"{summary.status}: {summary.iterations} iterations, {summary.sec_per_iter:.2f} s/it, "
-                f"{summary.skipped_steps} skipped steps; run folder {summary.run_dir}"
+                f"{summary.skipped_steps} skipped steps{', ' + unreadable if unreadable else ''}; "
+                f"run folder {summary.run_dir}",
+                markup=False,
             )
     finally:
         trainer.close()

@@ -654,4 +654,6 @@ def _check_result(
         return f"category_id {result.category_id} is not in {gt_name}"
     if min(result.bbox[2:]) < 0:
         return f"box size {result.bbox[2]:g}x{result.bbox[3]:g} is negative"
+    if not 0 <= result.score <= 1:  # a logit or a percentage: thresholds and AP ranking would be wrong
+        return f"score {result.score:g} is outside [0, 1]"
     return result

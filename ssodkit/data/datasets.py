@@ -7,6 +7,10 @@ choice, so the augmentation of any draw can be replayed from the sampler's posit
 
 from __future__ import annotations
 
+import signal
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any, NamedTuple, Protocol
 
 import torch
@@ -14,6 +18,7 @@ from torch.utils.data import Dataset
 
 from ssodkit.data.coco import CocoDataset
 from ssodkit.data.images import load_image
+from ssodkit.errors import DataError
 from ssodkit.rng import seeded_generator
 
 Sample = dict[str, Any]
@@ -130,3 +135,72 @@ class EvalDataset(_CocoImages):
 def collate_samples(batch: list[Sample]) -> list[Sample]:
     """Images differ in size; the detector pads, so a batch is just the list."""
     return list(batch)
+
+
+# --------------------------------------------------------------------------- unreadable images
+@dataclass(frozen=True)
+class Unreadable:
+    """Stands in for a sample whose image could not be decoded (a truncated or corrupt file
+    that passed the header check at start-up).
+
+    An exception raised in a DataLoader worker reaches the user as the worker's traceback
+    pasted into the message; a marker travels back like a sample instead, and the main
+    process decides what to do with it, the same way for 0 or N workers."""
+
+    index: Any  # the dataset key: an int, or (image index, seed) for the training sets
+    error: DataError
+
+
+def _raise(marker: Unreadable) -> None:
+    raise marker.error
+
+
+class Guarded(Dataset):
+    """`dataset[key]`, or an `Unreadable` marker where loading raises `DataError`.
+
+    Whoever consumes the samples calls `report` on each marker, in the main process; the
+    default raises the marker's error there, one line naming the file."""
+
+    def __init__(self, dataset: Any, report: Callable[[Unreadable], None] = _raise) -> None:
+        self.dataset = dataset
+        self.report = report
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: Any) -> Any:
+        try:
+            return self.dataset[index]
+        except DataError as exc:
+            return Unreadable(index, exc)
+
+
+@dataclass
+class UnreadableImages:
+    """The images a run could not decode: each is named on stderr the first time and
+    counted every time; with `strict`, the first one stops the run instead."""
+
+    strict: bool = False
+    counts: dict[str, int] = field(default_factory=dict)  # error message (names the file) → times
+
+    def record(self, marker: Unreadable) -> None:
+        message = str(marker.error)
+        if self.strict:
+            raise DataError(f"{message}; data.strict_images is on (without it, the image is skipped)")
+        if message not in self.counts:
+            print(f"warning: skipped an image that cannot be decoded: {message}", file=sys.stderr, flush=True)
+        self.counts[message] = self.counts.get(message, 0) + 1
+
+    def summary(self) -> str:
+        """'N unreadable images skipped (M times)'; empty when every image could be read."""
+        if not self.counts:
+            return ""
+        n, times = len(self.counts), sum(self.counts.values())
+        return f"{n} unreadable image{'s' if n != 1 else ''} skipped ({times} time{'s' if times != 1 else ''})"
+
+
+def ignore_sigint(worker_id: int) -> None:
+    """`worker_init_fn` of every DataLoader: Ctrl-C reaches the whole process group, and a
+    worker inherits the main process's handler, so each worker would print the
+    interrupt message again; the main process alone handles it and stops the workers."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ssodkit.data.coco import CocoDataset, load_coco
+from ssodkit.data.coco import CHECK_REMEDY, CocoDataset, load_coco
 from ssodkit.errors import SsodkitError
 
 
@@ -69,6 +69,6 @@ def split_coco(
     """Validate `ann_path`, split it and write both halves atomically; returns their paths."""
     check_split_args(percent, fold)  # before reading what may be a large file
     labeled_path, unlabeled_path = split_paths(ann_path, percent, fold, out_dir)
-    coco = load_coco(ann_path, check_images="none")
+    coco = load_coco(ann_path, check_images="none", remedy=CHECK_REMEDY)
     labeled, unlabeled = split_dataset(coco, percent, fold)
     return labeled.save(labeled_path), unlabeled.save(unlabeled_path)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,7 @@ from ssodkit.errors import SsodkitError
 from ssodkit.rng import rng_state, set_rng_state  # noqa: F401 - saved in every checkpoint
 
 CHECKPOINT_VERSION = 1
+MAX_REASON_CHARS = 120
 
 
 def save_checkpoint(state: dict[str, Any], path: Path) -> None:
@@ -36,7 +38,27 @@ def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dic
     try:
         state = torch.load(path, map_location=map_location, weights_only=False)
     except Exception as exc:  # noqa: BLE001 - any unpickling failure means a bad file
-        raise SsodkitError(f"{path}: not a readable ssodkit checkpoint ({type(exc).__name__}: {exc})") from None
+        raise SsodkitError(
+            f"{path}: not a readable ssodkit checkpoint ({readable_reason(exc)}); the file is damaged "
+            "or not a checkpoint"
+        ) from None
     if not isinstance(state, dict) or "student" not in state or "config" not in state:
         raise SsodkitError(f"{path}: not an ssodkit checkpoint (no 'student'/'config' entries)")
     return state
+
+
+def readable_reason(exc: BaseException) -> str:
+    """`Type: first sentence` of an exception, printable ASCII on one line.
+
+    Unpickling a damaged file can raise with the file's own bytes (control characters,
+    half a UTF-8 sequence) or a paragraph of advice in the message; printed as is, that
+    garbles the terminal and buries the one fact that matters, that the file is bad.
+    """
+    text = " ".join(str(exc).split())  # newlines and tabs become single spaces
+    text = re.sub(r"[^\x20-\x7e]+", "?", text)  # control and non-ASCII bytes
+    sentence = re.match(r"(.+?[.!?])(?:\s|$)", text)
+    text = sentence.group(1) if sentence else text
+    if len(text) > MAX_REASON_CHARS:
+        text = text[: MAX_REASON_CHARS - 3] + "..."
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+

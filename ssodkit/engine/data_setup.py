@@ -12,7 +12,15 @@ from torch.utils.data import DataLoader, Dataset
 
 from ssodkit.config import RunConfig
 from ssodkit.data.coco import CHECK_REMEDY, CocoDataset, load_coco, load_unlabeled
-from ssodkit.data.datasets import EvalDataset, LabeledDataset, UnlabeledDataset
+from ssodkit.data.datasets import (
+    EvalDataset,
+    Guarded,
+    LabeledDataset,
+    UnlabeledDataset,
+    Unreadable,
+    UnreadableImages,
+    ignore_sigint,
+)
 from ssodkit.data.sampler import InfiniteBatchSampler
 from ssodkit.data.splits import split_dataset
 from ssodkit.engine.distributed import DistInfo, barrier
@@ -152,8 +160,9 @@ class TrainData:
     sources: DataSources
     train_dataset: LabeledDataset
     unlabeled_dataset: MultiViewDataset | None
-    val_dataset: EvalDataset | None
+    val_dataset: Guarded | None  # an EvalDataset whose unreadable images go to `unreadable`
     repeat_factors: list[float] | None = None  # Labeled Resampling, one per labeled image
+    unreadable: UnreadableImages = field(default_factory=UnreadableImages)
     _loaders: list[Any] = field(default_factory=list)
 
     @property
@@ -189,11 +198,11 @@ class TrainData:
         )
         workers = self.cfg.data.num_workers
         loader = DataLoader(
-            dataset, batch_sampler=sampler, num_workers=workers, collate_fn=list,
+            Guarded(dataset), batch_sampler=sampler, num_workers=workers, collate_fn=list,
             persistent_workers=False, prefetch_factor=2 if workers else None,
             # its own generator: creating the iterator must not draw from the global RNG,
             # or a resumed run (RNG restored first) would diverge from an uninterrupted one
-            generator=seeded_generator(seed),
+            generator=seeded_generator(seed), worker_init_fn=ignore_sigint,
         )
         iterator = iter(loader)
         self._loaders.append(iterator)
@@ -213,12 +222,37 @@ class TrainData:
                 seed + UNLABELED_SEED_OFFSET, start_batch,
             )
         while True:
-            lab = next(labeled)
+            lab = self._readable(self.train_dataset, next(labeled), "labeled")
             if unlabeled is None:
                 yield lab, None
             else:
-                samples = next(unlabeled)
+                assert self.unlabeled_dataset is not None
+                samples = self._readable(self.unlabeled_dataset, next(unlabeled), "unlabeled")
                 yield lab, {name: [s[name] for s in samples] for name in samples[0]}
+
+    def _readable(self, dataset: Dataset, samples: list[Any], kind: str) -> list[Any]:
+        """`samples`, each `Unreadable` marker replaced by a readable image (see `_replacement`)."""
+        return [self._replacement(dataset, s, kind) if isinstance(s, Unreadable) else s for s in samples]
+
+    def _replacement(self, dataset: Dataset, marker: Unreadable, kind: str) -> Any:
+        """The next readable image in index order, drawn with the marker's augmentation seed.
+
+        The batch keeps its size, and the choice depends only on the sampler's key, so a
+        resumed run makes the same one; a data set whose images all decode is drawn exactly
+        as before. Loaded here in the main process: the workers cannot tell it what they
+        skipped, and a damaged file is rare. `unreadable.record` counts each failure (and
+        raises in strict mode)."""
+        image_index, seed = marker.index
+        n = len(dataset)  # type: ignore[arg-type]
+        guarded = Guarded(dataset)
+        for step in range(1, n):
+            self.unreadable.record(marker)
+            candidate = guarded[((image_index + step) % n, seed)]
+            if not isinstance(candidate, Unreadable):
+                return candidate
+            marker = candidate
+        self.unreadable.record(marker)
+        raise DataError(f"none of the {n} {kind} images can be decoded ({marker.error})")
 
     def to_device(self, batch: tuple[list, dict[str, list] | None], device: torch.device):
         labeled, unlabeled = batch
@@ -265,8 +299,9 @@ def build_train_data(
             key, view, source = parse_view_spec(spec)
             views[key] = (build_view(view, cfg.views), source)
         unlabeled_dataset = MultiViewDataset(UnlabeledDataset(sources.unlabeled, identity_view), views)
+    unreadable = UnreadableImages(strict=cfg.data.strict_images)
     val_dataset = None
     if sources.val is not None:
-        val_dataset = EvalDataset(sources.val, build_view("eval", cfg.views))
+        val_dataset = Guarded(EvalDataset(sources.val, build_view("eval", cfg.views)), unreadable.record)
     factors = labeled_repeat_factors(cfg, train_dataset, default_repeat_factor_t)
-    return TrainData(cfg, dist, sources, train_dataset, unlabeled_dataset, val_dataset, factors)
+    return TrainData(cfg, dist, sources, train_dataset, unlabeled_dataset, val_dataset, factors, unreadable)

@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
+from rich.console import Console
 from rich.progress import Progress
 from torch import Tensor, nn
-from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data import DataLoader, Subset
 
+from ssodkit.data.datasets import Guarded, Unreadable, ignore_sigint
 from ssodkit.detectors.protocol import Detections
 from ssodkit.engine.distributed import DistInfo, all_gather_objects
 from ssodkit.errors import DataError
@@ -39,30 +40,6 @@ def autocast_context(device: torch.device, amp_dtype: torch.dtype | None) -> con
     return torch.autocast(device_type=device.type, dtype=amp_dtype)
 
 
-@dataclass(frozen=True)
-class _Failed:
-    """Stands in for a sample whose image could not be loaded (picklable for workers)."""
-
-    index: int
-    error: Exception
-
-
-class _Guarded(Dataset):
-    """`dataset[i]`, or a `_Failed` marker where loading raises `DataError`."""
-
-    def __init__(self, dataset: Any) -> None:
-        self.dataset = dataset
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def __getitem__(self, index: int) -> Any:
-        try:
-            return self.dataset[index]
-        except DataError as exc:
-            return _Failed(index, exc)
-
-
 @torch.no_grad()
 def iter_predictions(
     model: nn.Module,
@@ -79,17 +56,24 @@ def iter_predictions(
 ) -> Iterator[tuple[dict[str, Any], Detections]]:
     """Yield (sample, detections in original pixels) for this rank's share of the data set.
 
-    Without `on_error` a sample that fails to load (`DataError`: missing or corrupt image)
-    aborts the iteration. With it, the sample is skipped: `on_error(index, error)` is called
-    with its index into `dataset`, and the rest of its batch still goes to the model.
+    A sample that fails to load (`DataError`: missing or corrupt image) aborts the
+    iteration, unless it is skipped: with `on_error`, `on_error(index, error)` is called with
+    its index into `dataset`; a `Guarded` dataset passes it to its own `report`. The rest
+    of its batch still goes to the model.
     """
     indices = list(range(len(dataset))) if indices is None else indices
     mine = indices[dist.rank :: dist.world_size]
-    subset = Subset(_Guarded(dataset) if on_error is not None else dataset, mine)
-    loader = DataLoader(subset, batch_size=batch_size, num_workers=num_workers, collate_fn=list)
+    if on_error is not None:
+        dataset = Guarded(dataset, lambda marker: on_error(marker.index, marker.error))
+    elif not isinstance(dataset, Guarded):
+        dataset = Guarded(dataset)  # raise in this process: one line, not a worker's traceback
+    loader = DataLoader(
+        Subset(dataset, mine), batch_size=batch_size, num_workers=num_workers, collate_fn=list,
+        worker_init_fn=ignore_sigint,
+    )
     was_training = model.training
     model.eval()
-    bar = Progress(transient=True) if progress and dist.is_main else None
+    bar = Progress(console=Console(stderr=True), transient=True) if progress and dist.is_main else None
     task = bar.add_task("predict", total=len(mine)) if bar else None
     try:
         if bar:
@@ -97,8 +81,8 @@ def iter_predictions(
         for batch in loader:
             good = []
             for sample in batch:
-                if isinstance(sample, _Failed):
-                    on_error(sample.index, sample.error)  # type: ignore[misc]  # only _Guarded makes them
+                if isinstance(sample, Unreadable):
+                    dataset.report(sample)
                 else:
                     good.append(sample)
             if good:
@@ -118,13 +102,24 @@ def predict_results(
     model: nn.Module, dataset: Any, index_to_cat_id: list[int], **kwargs: Any
 ) -> list[dict[str, Any]]:
     """COCO results entries for the whole data set, gathered on every rank."""
+    return _predict(model, dataset, index_to_cat_id, **kwargs)[0]
+
+
+def _predict(
+    model: nn.Module, dataset: Any, index_to_cat_id: list[int], **kwargs: Any
+) -> tuple[list[dict[str, Any]], list[int]]:
+    """COCO results entries and the ids of the images predicted (skipped ones are not),
+    gathered on every rank."""
     results: list[dict[str, Any]] = []
+    predicted: list[int] = []
     for sample, det in iter_predictions(model, dataset, **kwargs):
         results.extend(
             detections_to_results(sample["image_id"], det.boxes, det.scores, det.labels, index_to_cat_id)
         )
+        predicted.append(int(sample["image_id"]))
     dist: DistInfo = kwargs.get("dist", DistInfo())
-    return [r for part in all_gather_objects(results, dist) for r in part]
+    parts = all_gather_objects((results, predicted), dist)
+    return [r for part, _ in parts for r in part], [i for _, ids in parts for i in ids]
 
 
 def evaluate_model(
@@ -137,11 +132,19 @@ def evaluate_model(
     image_ids: list[int] | None = None,
     **kwargs: Any,
 ) -> tuple[EvalResult | None, list[dict[str, Any]]]:
-    """Predict on every rank, evaluate once on rank 0 (faster-coco-eval cannot merge ranks)."""
-    results = predict_results(model, dataset, index_to_cat_id, **kwargs)
+    """Predict on every rank, evaluate once on rank 0 (faster-coco-eval cannot merge ranks).
+
+    Images skipped as unreadable are left out of the score, not scored as images without
+    detections: a damaged file says nothing about the model."""
+    results, predicted = _predict(model, dataset, index_to_cat_id, **kwargs)
     dist: DistInfo = kwargs.get("dist", DistInfo())
     if not dist.is_main:
         return None, results
+    wanted = len(dataset) if kwargs.get("indices") is None else len(kwargs["indices"])
+    if len(predicted) < wanted:
+        image_ids = sorted(set(predicted) if image_ids is None else set(predicted) & set(image_ids))
+        if not image_ids:
+            raise DataError(f"none of the {wanted} images to evaluate could be decoded")
     return evaluate_coco(gt, results, backend=backend, image_ids=image_ids), results
 
 
@@ -156,9 +159,11 @@ def evaluate_checkpoint(
     device: str = "auto",
     skip_invalid: bool = False,
 ) -> EvalResult:
-    """Score a checkpoint on a COCO file; write results JSON (and metrics) next to `out`."""
-    from ssodkit.data.coco import load_coco
-    from ssodkit.data.datasets import EvalDataset
+    """Score a checkpoint on a COCO file; write results JSON (and metrics) next to `out`.
+
+    An image that cannot be decoded is named on stderr and left out of the score."""
+    from ssodkit.data.coco import CHECK_REMEDY, load_coco
+    from ssodkit.data.datasets import EvalDataset, UnreadableImages
     from ssodkit.engine.runtime import load_model_from_checkpoint, resolve_device
     from ssodkit.io import write_json_atomic
     from ssodkit.views.pipelines import eval_view
@@ -166,9 +171,9 @@ def evaluate_checkpoint(
     dev = resolve_device(device)
     loaded = load_model_from_checkpoint(checkpoint, weights=weights, device=dev)
     model, cfg, classes = loaded.model, loaded.cfg, loaded.classes
-    coco = load_coco(ann, images, skip_invalid=skip_invalid, check_images="exists")
+    coco = load_coco(ann, images, skip_invalid=skip_invalid, check_images="exists", remedy=CHECK_REMEDY)
     check_same_classes(classes, coco.class_names, checkpoint, ann)
-    dataset = EvalDataset(coco, eval_view(cfg.views))
+    dataset = Guarded(EvalDataset(coco, eval_view(cfg.views)), UnreadableImages().record)
     result, results = evaluate_model(
         model, dataset, coco.to_dict(), coco.index_to_cat_id, backend=backend,
         batch_size=batch_size, device=dev, progress=True,
