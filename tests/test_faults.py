@@ -164,11 +164,6 @@ def test_evaluate_checkpoint_leaves_a_damaged_val_image_out_of_the_score(tiny_ch
     assert "2 images" in result.stdout
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="trainer.pseudo_label_quality builds its own EvalDataset without TrainData.unreadable "
-    "(trainer.py belongs to another change; see docs/cli.md#faults)",
-)
 def test_pseudo_label_quality_skips_a_damaged_unlabeled_image(damaged, cli, tmp_path):
     result = cli(*train_args(damaged, tmp_path / "runs", pseudo_images=100))
     assert result.exit_code == 0, result.output

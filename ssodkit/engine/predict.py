@@ -106,13 +106,17 @@ def predict_results(
 
 
 def _predict(
-    model: nn.Module, dataset: Any, index_to_cat_id: list[int], **kwargs: Any
+    model: nn.Module, dataset: Any, index_to_cat_id: list[int],
+    keep: Callable[[Detections], Detections] | None = None, **kwargs: Any
 ) -> tuple[list[dict[str, Any]], list[int]]:
     """COCO results entries and the ids of the images predicted (skipped ones are not),
-    gathered on every rank."""
+    gathered on every rank; `keep` narrows each image's detections first (a pseudo-labeler's
+    filters)."""
     results: list[dict[str, Any]] = []
     predicted: list[int] = []
     for sample, det in iter_predictions(model, dataset, **kwargs):
+        if keep is not None:
+            det = keep(det)
         results.extend(
             detections_to_results(sample["image_id"], det.boxes, det.scores, det.labels, index_to_cat_id)
         )

@@ -1,7 +1,7 @@
 """Pseudo-labels for offline self-training: run a checkpoint over unlabeled images.
 
 `pseudolabel()` predicts with the checkpoint's teacher (its student when it has none) on the
-eval view of the checkpoint's config, keeps the detections scoring at least `score_thr`, and
+eval view of the checkpoint's config, keeps the detections scoring above `score_thr`, and
 maps them back to original-image pixels. `write()` stores them as a COCO *results* list or
 as a COCO *dataset* whose annotations are the pseudo boxes (loadable with `load_coco`).
 
@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from ssodkit.errors import DataError, SsodkitError, unknown_name
+from ssodkit.pseudo.filters import above_threshold
 
 FORMATS = ("results", "coco")
 WEIGHTS = ("teacher", "student")
@@ -148,7 +149,7 @@ def pseudolabel(
     """Pseudo-label `images` (a folder, searched recursively, or a COCO JSON whose
     annotations are ignored) with the model of `checkpoint`.
 
-    Keeps detections with score ≥ `score_thr`, boxes in original pixels. Unreadable images
+    Keeps detections with score > `score_thr` (the pseudo-labeler's rule), boxes in original pixels. Unreadable images
     are skipped and listed, never fatal. Raises `SsodkitError` (one line) for bad options,
     a missing checkpoint or a missing images path.
     """
@@ -193,7 +194,7 @@ def pseudolabel(
         model, dataset, batch_size=batch_size, device=dev, num_workers=num_workers,
         progress=progress, on_error=on_error,
     ):
-        keep = det.scores >= score_thr
+        keep = above_threshold(det.scores, score_thr)
         entries.extend(
             detections_to_results(sample["image_id"], det.boxes[keep], det.scores[keep], det.labels[keep], cat_ids)
         )

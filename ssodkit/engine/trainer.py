@@ -42,7 +42,7 @@ from ssodkit.errors import SsodkitError
 from ssodkit.evaluation.coco_eval import EvalResult
 from ssodkit.methods.base import Method, ModelHandle
 from ssodkit.plugins import build_view, method_class
-from ssodkit.pseudo.labeler import resolve_for_detector
+from ssodkit.pseudo.labeler import PseudoLabeler, PseudoLabelParams, resolve_for_detector
 
 
 @dataclass
@@ -279,24 +279,39 @@ class Trainer:
 
     def pseudo_label_quality(self) -> dict[str, float]:
         """Precision/recall of the teacher's pseudo-labels against the unlabeled pool's hidden
-        ground truth (benchmark mode): tells whether the unsupervised signal is any good."""
+        ground truth (benchmark mode): tells whether the unsupervised signal is any good. The
+        boxes are the ones the method's pseudo-labeler keeps (its filters, its τ and rule);
+        a method without one (SED) is scored at the detector's default τ."""
         gt = self.data.sources.unlabeled_gt
         n = self.cfg.eval.pseudo_images
-        threshold = getattr(self.method.params, "score_thr", None)
-        if self.teacher is None or gt is None or n == 0 or threshold is None:
+        if self.teacher is None or gt is None or n == 0:
             return {}
-        from ssodkit.data.datasets import EvalDataset
+        from ssodkit.data.datasets import EvalDataset, Guarded
         from ssodkit.engine.predict import predict_results
-        from ssodkit.stats.pseudo import pseudo_label_quality
+        from ssodkit.pseudo.quality import pseudo_label_quality
 
+        labeler = self.method.labeler or PseudoLabeler(PseudoLabelParams(), self.classes, self.model)
         subset = gt.subset(gt.image_ids[:n])
-        dataset = EvalDataset(subset, build_view("eval", self.cfg.views))
+        dataset = Guarded(EvalDataset(subset, build_view("eval", self.cfg.views)), self.data.unreadable.record)
         results = predict_results(
             self.teacher, dataset, self.data.index_to_cat_id, batch_size=self.cfg.eval.batch_size,
-            device=self.device, dist=self.dist, amp_dtype=self.amp_dtype,
+            device=self.device, dist=self.dist, amp_dtype=self.amp_dtype, keep=labeler.keep,
         )
-        quality = pseudo_label_quality(subset, results, threshold, image_ids=subset.image_ids)
+        quality = pseudo_label_quality(subset, results, None, image_ids=subset.image_ids)
         return {f"pseudo/{k}": v for k, v in quality.items()}
+
+    def _evaluate_or_save(self) -> dict[str, EvalResult]:
+        """Evaluate; if that fails (a damaged val image in strict mode, a full disk), keep the
+        training done so far and say how to go on."""
+        try:
+            return self.evaluate()
+        except Exception as exc:  # noqa: BLE001 - whatever failed, the training state is saved
+            self.save("last")
+            reason = str(exc) if isinstance(exc, SsodkitError) else ckpt.readable_reason(exc)
+            raise SsodkitError(
+                f"evaluation at iteration {self.iteration} failed: {reason}; the training state is saved, "
+                f"resume with --resume {self.run_dir}"
+            ) from exc
 
     def _record_eval(self, results: dict[str, EvalResult]) -> bool:
         """Log eval metrics; True when this is the best model so far."""
@@ -365,12 +380,13 @@ class Trainer:
                             "lr": self.optimizer.param_groups[0]["lr"],
                             "sec_per_iter": time.monotonic() - step_start,
                             "skipped_steps": self.skipped_steps,
+                            "unreadable_images": sum(self.data.unreadable.counts.values()),
                             **means,
                         })
                         window = {}
                     is_last = self.iteration == total_iters
                     if self.iteration % cfg.eval.interval == 0 or is_last:
-                        final, final_iter = self.evaluate(), self.iteration
+                        final, final_iter = self._evaluate_or_save(), self.iteration
                         if self._record_eval(final):
                             self.save("best")
                     if self.iteration % cfg.train.checkpoint_interval == 0 or is_last:
@@ -378,6 +394,10 @@ class Trainer:
                 if status == "interrupted":
                     self.save("last")
                     self._progress.print(f"[yellow]stopped at iteration {self.iteration}; resume with --resume {self.run_dir}")
+        except BaseException:
+            if self.dist.is_main:
+                self._remove_unused_run_dir()  # nothing trained was saved: leave no empty run folder
+            raise
         finally:
             signal.signal(signal.SIGINT, previous)
         barrier(self.dist)

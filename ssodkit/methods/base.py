@@ -18,6 +18,7 @@ from torch import Tensor, nn
 from ssodkit.detectors.dense import DenseOutputs
 from ssodkit.detectors.protocol import Detections, Target, TwoStage, protocol_methods
 from ssodkit.errors import ConfigError
+from ssodkit.pseudo.labeler import PseudoLabeler
 
 if TYPE_CHECKING:
     from ssodkit.config import RunConfig
@@ -111,6 +112,7 @@ class Method:
         self.class_names = list(class_names)
         self.num_classes = len(class_names)
         self.stats: dict[str, float] = {}  # diagnostics of the last step (logged, not optimised)
+        self.labeler: PseudoLabeler | None = None  # methods that threshold their teacher's boxes
 
     @classmethod
     def from_config(cls, cfg: RunConfig, class_names: list[str]) -> Method:

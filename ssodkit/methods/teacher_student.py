@@ -95,7 +95,6 @@ class TeacherStudent(Method):
 
     def __init__(self, params: TeacherStudentParams, cfg: Any, class_names: list[str]) -> None:
         super().__init__(params, cfg, class_names)
-        self.labeler: PseudoLabeler | None = None
 
     def check_detector(self, detector: nn.Module) -> None:
         self.labeler = PseudoLabeler(self.params, self.class_names, detector)

@@ -97,6 +97,10 @@ class PseudoLabeler:
         """The configured filters in order (score threshold first, by default alone)."""
         return self.filters(pseudo)
 
+    def keep(self, detections: Detections) -> Detections:
+        """One image's detections narrowed by the filters (no projection, no weights)."""
+        return self.filter(PseudoLabels.from_detections([detections])).detections[0]
+
     def project_all(self, detections: list[Detections], weak: ViewBatch, strong: ViewBatch) -> list[Detections]:
         """Weak-view boxes → strong view (`M_s · M_w⁻¹`), minus boxes the strong view erased."""
         return [
