@@ -49,10 +49,24 @@ import torch
 from pydantic import BaseModel
 from torch import Tensor, nn
 
-from ssodkit.detectors.protocol import CAPABILITIES, DenseHead, Detections, Target, capabilities_of
+from ssodkit.detectors.protocol import (
+    CAPABILITIES,
+    DenseHead,
+    Detections,
+    Target,
+    capabilities_of,
+)
 from ssodkit.erasing import DROP_COVERED
-from ssodkit.errors import CapabilityError, ConfigError, DataError, SsodkitError, unknown_name
+from ssodkit.errors import (
+    CapabilityError,
+    ConfigError,
+    DataError,
+    SsodkitError,
+    unknown_name,
+)
 from ssodkit.mixing import MixItem, Placement, pseudo_mixup, pseudo_mosaic
+from ssodkit.pseudo.filters import above_threshold
+from ssodkit.pseudo.labeler import resolve_score_thr
 from ssodkit.pseudo.labels import project_detections
 from ssodkit.rng import SEED_BITS, seeded_generator
 from ssodkit.views.geometry import MIN_BOX_SIZE, identity_matrix
@@ -274,10 +288,9 @@ def _mosaic_samples(
 def _mosaic_size(cfg: RunConfig, strong: Sequence[_Sample]) -> tuple[int, int]:
     """The tile size the run trained with (MixPL), else half to all of the median longer
     side of the strong views — the scale at which the student saw whole images."""
-    if cfg.method.name == "mixpl":
-        from ssodkit.methods.mixpl import MixPLParams
-
-        return MixPLParams.model_validate(cfg.method.params).mosaic_size
+    size = _run_param(cfg, "mosaic_size", None)  # a method that trained with mosaics says so
+    if size is not None:
+        return int(size[0]), int(size[1])
     longer = int(statistics.median(max(s.image.shape[-2:]) for s in strong))
     return max(1, longer // 2), longer
 
@@ -361,7 +374,7 @@ def _load_sources(dataset: Any, cfg: RunConfig, seed: int) -> list[_Source]:
 def _above(det: Detections, thr: float) -> Detections:
     """Pseudo labels are the detections with score > τ (MixPL, mmdet), on the CPU."""
     det = det.to("cpu")
-    return det[det.scores > thr]
+    return det[above_threshold(det.scores, thr)]
 
 
 @torch.no_grad()
@@ -489,8 +502,8 @@ def gradient_density(
     """
     from ssodkit.data.coco import CHECK_REMEDY, load_coco
     from ssodkit.data.datasets import EvalDataset, identity_view
-    from ssodkit.engine.predict import check_same_classes
     from ssodkit.engine.checkpoint import load_checkpoint
+    from ssodkit.engine.predict import check_same_classes
     from ssodkit.engine.runtime import model_from_checkpoint_state, resolve_device
 
     chosen = _check_args(views, score_thr, max_images, bins)
@@ -507,16 +520,15 @@ def gradient_density(
     student, cfg, classes = loaded.model, loaded.cfg, loaded.classes
     _check_dense(student, cfg.detector.name)
     check_same_classes(classes, coco.class_names, checkpoint, ann)
-    if score_thr is None:
-        score_thr = _run_param(cfg, "score_thr", student.default_pseudo_thr)
-    thr = float(score_thr)
+    thr = resolve_score_thr(score_thr if score_thr is not None else _run_param(cfg, "score_thr", None), student)
 
     sources = _load_sources(EvalDataset(coco.subset(coco.image_ids[:max_images]), identity_view), cfg, seed)
+
     def load_teacher() -> nn.Module:
         return model_from_checkpoint_state(state, checkpoint, weights="teacher", device=dev).model
 
     pseudo = _pseudo_labels(load_teacher, sources, dev, thr, pseudo_labels, len(classes))
-    del state
+    state.clear()  # the weights are loaded: free the checkpoint
     fill = [round(255 * v) for v in student.transform.image_mean]  # MixPL fills with the mean
     samples = _student_samples(sources, pseudo, chosen, cfg, fill, seed)
     return GradStats(
