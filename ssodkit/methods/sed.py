@@ -35,15 +35,14 @@ class SEDParams(StudentParams):
         1.0, ge=0, description="λ_d (1 in the paper); 0 trains scale consistency alone, which needs no teacher"
     )
     gamma: float = Field(2.0, ge=0, description="re-weighting exponent of |p_target − p|")
-    cls_loss: Literal["bce", "focal_bce"] = Field("bce", description="soft-target classification loss")
     weighting: Literal["focal", "teacher_fg", "none"] = Field(
         "focal", description="|p_t − p|^γ, the target's max class probability, or uniform"
     )
-    normalize: Literal["detector", "weights", "foreground"] = Field(
+    normalize: Literal["detector", "weights"] = Field(
         "detector",
         description="divide each term as the detector divides its own loss (Σ weights where it divides by "
-        "positives — RetinaNet, FCOS; its sample count for the RPN and the RoI head), by Σ weights, or by "
-        "the number of target foreground cells",
+        "positives — RetinaNet, FCOS; its sample count for the RPN and the RoI head), or by Σ weights "
+        "(an ablation: it collapsed Faster R-CNN)",
     )
     box_weight: float = Field(1.0, ge=0, description="weight of the box (and centerness) terms")
     box_loss: Literal["detector", "l1", "smooth_l1", "giou"] = Field(
@@ -54,10 +53,10 @@ class SEDParams(StudentParams):
     min_box_cells_per_image: float = Field(
         8.0, ge=0, description="floor of the box terms' normaliser, in foreground cells per image"
     )
-    box_cell_weight: Literal["fg", "fg_squared", "fg_gated"] = Field(
+    box_cell_weight: Literal["fg", "fg_gated"] = Field(
         "fg_gated",
         description="per-cell (and per-RoI) weight of the box terms from the target's max class prob p: "
-        "p·[p > 0.5], p, or p²",
+        "p·[p > 0.5], or p (an ablation)",
     )
     scale_bottom_target: Literal["union", "paired"] = Field(
         "union",

@@ -2,7 +2,7 @@
 
 The default path is what the method needs; each `SEDParams` switch picks an alternative in
 one place here (the table in docs/methods/sed.md says which were measured, which are ablations only):
-`cls_loss` and `weighting` in `soft_cls_terms` / `roi_terms`, `box_cell_weight` in
+`weighting` in `soft_cls_terms` / `roi_terms`, `box_cell_weight` in
 `box_cell_weights`, `normalize` in `normalized` / `dense_terms` / `roi_terms`, `box_loss` in
 `box_disagreement` / `roi_terms`, `sampled_cells` in `dense_terms`, `scale_bottom_target` in
 `scale_terms`.
@@ -43,8 +43,6 @@ def soft_cls_terms(logits: Tensor, target_probs: Tensor, params: SEDParams) -> t
     target_probs = target_probs.detach()
     loss = soft_bce(logits, target_probs)
     probs = logits.detach().float().sigmoid()
-    if params.cls_loss == "focal_bce":
-        loss = loss * (target_probs - probs).abs().pow(params.gamma)
     if params.weighting == "focal":
         weight = (target_probs - probs).abs().pow(params.gamma)
     elif params.weighting == "teacher_fg":
@@ -55,29 +53,21 @@ def soft_cls_terms(logits: Tensor, target_probs: Tensor, params: SEDParams) -> t
 
 
 def box_cell_weights(fg_prob: Tensor, params: SEDParams) -> Tensor:
-    """Where box terms count: where the target sees an object. With plain p (or p²) the
+    """Where box terms count: where the target sees an object. With plain p the
     ~8000 background cells at the focal prior (p ≈ 0.01) outweigh the few objects early on
     and hold the student to the teacher's untrained regression everywhere: on the synthetic
     set FCOS's supervised GIoU loss stayed at 1.0 for 30 iterations (0.5 without box terms)."""
-    if params.box_cell_weight == "fg_squared":
-        return fg_prob.square()
     if params.box_cell_weight == "fg_gated":
         return fg_prob * (fg_prob > FOREGROUND_PROB)
     return fg_prob
 
 
-def normalized(
-    loss: Tensor, weight: Tensor, target_probs: Tensor, params: SEDParams, samples: int | None = None
-) -> Tensor:
-    """Σ weight·loss over the normaliser `params.normalize` names; `samples`, when given, is
-    the number of cells the detector's own loss averages over, and is the normaliser."""
+def normalized(loss: Tensor, weight: Tensor, samples: int | None = None) -> Tensor:
+    """Σ weight·loss over `samples`, the number of cells the detector's own loss averages
+    over (a sampling head), else over Σ weights (a head that divides by its positives)."""
     if samples is not None:
         return (weight * loss).sum() / samples
-    if params.normalize == "foreground":
-        denom = (target_probs.detach().max(dim=-1).values > FOREGROUND_PROB).sum().clamp(min=1)
-    else:
-        denom = weight.sum().clamp(min=1e-6)
-    return (weight * loss).sum() / denom
+    return (weight * loss).sum() / weight.sum().clamp(min=1e-6)
 
 
 def box_disagreement(
@@ -173,8 +163,7 @@ def dense_terms(
                       for w, t in zip(cls_weight, cls_target)]
         box_weight = [w * per_image(pos_rate, w) for w in box_weight]  # its box loss sees positives only
     flat = [torch.cat([t.flatten() for t in ts]) for ts in (cls_loss, cls_weight)]
-    targets = torch.cat([t.flatten(0, -2) for t in cls_target])
-    out = {"cls": normalized(*flat, targets, params, samples * num_images if samples else None)}
+    out = {"cls": normalized(*flat, samples * num_images if samples else None)}
     # Like a detector's box loss, divided by the number of foreground cells — but never fewer
     # than a few per image: one or two confident cells must not carry the weight the
     # supervised loss spreads over a whole batch's positives (on FCOS they wrecked the
