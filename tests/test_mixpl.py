@@ -99,3 +99,29 @@ def test_resume_restores_the_cache_and_training_continues_identically(tiny_confi
         assert torch.equal(a, b), name
     for a, b in zip(straight.method.cache, resumed.method.cache):
         assert torch.equal(a.image, b.image) and torch.equal(a.boxes, b.boxes)
+
+
+class RecordingStudent:
+    """Stands in for the student and keeps the targets each loss call was given."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[list, torch.Tensor]] = []
+
+    def loss(self, images, targets, image_weights=None, **kwargs):
+        self.calls.append((targets, image_weights))
+        return {"loss_cls": torch.tensor(1.0)}
+
+
+def test_users_filters_and_class_thresholds_apply_to_the_mixed_boxes(tiny_config):
+    """MixPL's pseudo-labels come from the one pseudo-labeler: `class_score_thr` and
+    `filters` act after mixing, never silently ignored; so does the empty-image rule."""
+    method, _ = _mixpl(tiny_config, cache_size=6, score_thr=0.3, class_score_thr={"b": 0.95},
+                       filters=["score", "class_agnostic_nms"])
+    boxes = torch.tensor([[5.0, 5, 30, 30], [5.0, 5, 30, 31], [40.0, 40, 60, 60]])
+    item = MixItem(torch.rand(3, 64, 64), boxes, torch.tensor([0, 0, 1]), torch.tensor([0.8, 0.7, 0.9]))
+    only_b = MixItem(torch.rand(3, 64, 64), boxes[2:], torch.tensor([1]), torch.tensor([0.9]))
+    student = RecordingStudent()
+    method.loss_on_items(student, [item, only_b], 1.0, "plain")
+    (targets, weights), = student.calls
+    assert targets[0]["labels"].tolist() == [0]  # NMS merged the pair; class b needs 0.95
+    assert targets[1]["labels"].numel() == 0 and weights.tolist() == [1.0, 0.0]  # left empty: weight 0

@@ -190,8 +190,8 @@ def test_score_threshold_is_respected(ckpt, tiny_data):
     assert len(scores) > 4
     thr = scores[len(scores) // 2]
     kept = pseudolabel(ckpt, tiny_data.unlabeled, score_thr=thr)
-    assert kept.entries and all(e["score"] >= thr for e in kept.entries)
-    assert len(kept.entries) == sum(s >= thr for s in scores)
+    assert kept.entries and all(e["score"] > thr for e in kept.entries)  # the one rule: score > τ
+    assert len(kept.entries) == sum(s > thr for s in scores)
     assert pseudolabel(ckpt, tiny_data.unlabeled, score_thr=1.0).entries == []
     default = pseudolabel(ckpt, tiny_data.unlabeled)  # 0.5
     assert all(e["score"] >= 0.5 for e in default.entries)

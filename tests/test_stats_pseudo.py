@@ -91,16 +91,16 @@ def test_size_buckets_follow_coco_area_thresholds_at_the_boundaries():
     gt = _gt([_ann(i + 1, 1, 1, [10 * i, 0, 10, 10], area=a) for i, a in enumerate(areas)])
     # pseudo buckets use w·h: 31x33 = 1023, 32x32 = 1024, 95x97 = 9215, 96x96 = 9216
     sizes = [(31, 33), (32, 32), (95, 97), (96, 96)]
-    results = [_det(1, 1, [0, 0, w, h], 0.5 + 0.1 * i) for i, (w, h) in enumerate(sizes)]
+    results = [_det(1, 1, [0, 0, w, h], 0.55 + 0.1 * i) for i, (w, h) in enumerate(sizes)]
     stats = compute_pseudo_stats(gt, results, score_thr=0.5)
     assert [size_bucket(a) for a in areas] == ["small", "medium", "medium", "large"]
     by_bucket = {s.bucket: s for s in stats.sizes}
     assert [(by_bucket[b].gt, by_bucket[b].pseudo) for b in ("small", "medium", "large")] == [
         (1, 1), (2, 2), (1, 1),
     ]  # fmt: skip
-    assert by_bucket["small"].mean_score == pytest.approx(0.5)
-    assert by_bucket["medium"].mean_score == pytest.approx(0.65)
-    assert by_bucket["large"].mean_score == pytest.approx(0.8)
+    assert by_bucket["small"].mean_score == pytest.approx(0.55)
+    assert by_bucket["medium"].mean_score == pytest.approx(0.7)
+    assert by_bucket["large"].mean_score == pytest.approx(0.85)
 
 
 def test_a_detection_on_a_crowd_region_is_neither_tp_nor_fp():
@@ -142,12 +142,15 @@ def test_f1_best_threshold_overall_and_per_class():
     outcomes = [(0.9, True), (0.8, True), (0.7, False), (0.6, False), (0.5, True),
                 (0.4, False), (0.3, False)]  # fmt: skip
     results = [_det(1, 1, next(tp_boxes) if tp else fp_box, s) for s, tp in outcomes]
-    stats = compute_pseudo_stats(gt, results, score_thresholds=[0.3, 0.5, 0.7, 0.9])
+    # a pseudo box scores > τ (the pseudo-labeler's rule): τ just below each score
+    stats = compute_pseudo_stats(gt, results, score_thresholds=[0.25, 0.45, 0.65, 0.85])
     f1 = [p.f1 for p in stats.sweeps[0].points]  # 6/11, 6/9, 4/7, 2/5
     assert f1 == pytest.approx([6 / 11, 6 / 9, 4 / 7, 2 / 5])
-    assert stats.best_f1.threshold == 0.5 and stats.best_f1.f1 == pytest.approx(2 / 3)
+    assert stats.best_f1.threshold == 0.45 and stats.best_f1.f1 == pytest.approx(2 / 3)
     by_name = {c.name: c for c in stats.classes}
-    assert by_name["class1"].best_f1.threshold == 0.5
+    assert by_name["class1"].best_f1.threshold == 0.45
+    at_score = compute_pseudo_stats(gt, results, score_thresholds=[0.5])
+    assert at_score.sweeps[0].points[0].tp == 2  # the TP scoring exactly 0.5 is not a pseudo box
     assert by_name["class3"].best_f1 is None  # no GT and no detection: F1 undefined
 
 

@@ -253,3 +253,17 @@ def test_unlabeled_batchnorm_modes_normalise_and_update_as_named(mode):
         assert torch.allclose(out, as_evaluated, atol=1e-6)
     assert torch.equal(net[1].running_mean, before) == (mode != "update")
     assert net[1].training and net[1].momentum == 0.1  # restored
+
+
+def test_the_training_loop_does_not_import_the_diagnostics():
+    """`engine/` (the loop, its data and checkpoints) never imports `stats/`: the pseudo-label
+    quality log goes through `ssodkit.pseudo`."""
+    import ast
+    from pathlib import Path
+
+    import ssodkit.engine
+
+    for path in Path(ssodkit.engine.__file__).parent.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module:
+                assert not node.module.startswith("ssodkit.stats"), f"{path.name} imports {node.module}"

@@ -15,7 +15,7 @@ MAX_LISTED_SKIPS = 5
 HELP = """Pseudo-label unlabeled images with a trained checkpoint, for offline self-training.
 
 Runs the checkpoint's teacher (its student if it has no teacher, or with --weights student)
-on the eval view of the checkpoint's config, keeps detections with score >= --score-thr and
+on the eval view of the checkpoint's config, keeps detections with score > --score-thr and
 writes them with boxes in original-image pixels.
 
 Examples:
@@ -47,7 +47,7 @@ def pseudolabel(
     ],
     out: Annotated[Path, typer.Option("--out", help="Output JSON (folders are created).")],
     score_thr: Annotated[
-        float, typer.Option("--score-thr", help="Keep detections with score >= this (0..1).")
+        float, typer.Option("--score-thr", help="Keep detections with score > this (0..1), the rule training uses.")
     ] = 0.5,
     fmt: Annotated[str, typer.Option("--format", help="results (COCO results list) or coco (COCO dataset).")] = "results",
     weights: Annotated[
@@ -77,7 +77,7 @@ def pseudolabel(
     n_boxes = len(result.entries)
     stdout.print(
         f"pseudo-labelled {result.n_predicted}/{result.n_images} images: {n_boxes} boxes "
-        f"with score >= {score_thr:g} ({n_boxes / max(result.n_predicted, 1):.2f} per image)"
+        f"with score > {score_thr:g} ({n_boxes / max(result.n_predicted, 1):.2f} per image)"
     )
     stdout.print(f"wrote {escape(str(path))} (format {result.fmt})")
     if result.fmt == "coco":

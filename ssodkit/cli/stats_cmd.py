@@ -75,7 +75,7 @@ def _summary_table(stats: PseudoStats) -> Table:
     table.add_row("images", str(stats.num_images))
     table.add_row("detections (any score)", str(stats.num_detections))
     table.add_row(
-        f"pseudo boxes (score ≥ {stats.score_thr:g})",
+        f"pseudo boxes (score > {stats.score_thr:g})",
         f"{stats.num_pseudo}  (per image: mean {_num(im.mean_pseudo)}, "
         f"median {_num(im.median_pseudo, 1)})",
     )
@@ -96,7 +96,7 @@ def _summary_table(stats: PseudoStats) -> Table:
     if best is not None:
         table.add_row(
             f"best F1 (IoU {stats.iou:g})",
-            f"{pct(best.f1)} % at score ≥ {best.threshold:g} "
+            f"{pct(best.f1)} % at score > {best.threshold:g} "
             f"(P {pct(best.precision)}, R {pct(best.recall)})",
         )
     return table
@@ -117,7 +117,7 @@ def _sizes_table(stats: PseudoStats) -> Table:
 
 def _classes_table(stats: PseudoStats) -> Table:
     table = Table(
-        title=f"by class, most GT first (%, IoU {stats.iou:g}, score ≥ {stats.score_thr:g})"
+        title=f"by class, most GT first (%, IoU {stats.iou:g}, score > {stats.score_thr:g})"
     )
     table.add_column("class")
     for column in ("GT", "pseudo", "pseudo/GT", "P", "R", "best thr", "best F1"):
@@ -141,7 +141,7 @@ def _sweep_table(stats: PseudoStats) -> Table:
     sweeps = [s for s in stats.sweeps if s.iou in {*TABLE_IOUS, stats.iou}]
     main = next(s for s in sweeps if s.iou == stats.iou)
     table = Table(title="precision / recall of all detections by score threshold (%)")
-    table.add_column("score ≥", justify="right")
+    table.add_column("score >", justify="right")
     table.add_column("boxes", justify="right")
     for s in sweeps:
         table.add_column(f"P@{s.iou:g}", justify="right")
@@ -260,7 +260,7 @@ def pseudo(
         ),
     ] = None,
     score_thr: Annotated[
-        float, typer.Option("--score-thr", help="Pseudo boxes are detections with score ≥ this.")
+        float, typer.Option("--score-thr", help="Pseudo boxes are detections with score > this (the rule training uses).")
     ] = 0.5,
     out_json: Annotated[
         Path | None, typer.Option("--json", help="Write every figure to this JSON file.")

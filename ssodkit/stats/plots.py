@@ -64,7 +64,7 @@ def plot_sizes(stats: PseudoStats, path: Path) -> Path:
         for s in stats.sizes
     ]
     _paired_bars(axes[0, 0], labels, [s.pseudo for s in stats.sizes], [s.gt for s in stats.sizes])
-    axes[0, 0].set_title(f"boxes per size bucket (pseudo: score ≥ {stats.score_thr:g})")
+    axes[0, 0].set_title(f"boxes per size bucket (pseudo: score > {stats.score_thr:g})")
     return _save(fig, path)
 
 
@@ -77,7 +77,7 @@ def plot_classes(stats: PseudoStats, path: Path) -> Path:
     names = [c.name for c in classes]
     _paired_bars(ax, names, [c.pseudo for c in classes], [c.gt for c in classes])
     ax.tick_params(axis="x", labelrotation=90)
-    ax.set_title(f"boxes per class, by GT frequency (pseudo: score ≥ {stats.score_thr:g})")
+    ax.set_title(f"boxes per class, by GT frequency (pseudo: score > {stats.score_thr:g})")
     return _save(fig, path)
 
 
@@ -144,7 +144,7 @@ def plot_examples(
         _draw_example(ax, coco, count.image_id, pseudo[count.image_id])
         title = f"{kind}: {count.file_name}\npseudo {count.pseudo} / GT {count.gt}"
         ax.set_title(title, fontsize=9)
-    fig.suptitle(f"GT solid green, pseudo (score ≥ {stats.score_thr:g}) dashed red")
+    fig.suptitle(f"GT solid green, pseudo (score > {stats.score_thr:g}) dashed red")
     return _save(fig, path)
 
 
