@@ -46,7 +46,9 @@ def evaluate(
     if (predictions is None) == (checkpoint is None):
         raise SsodkitError("give exactly one of --predictions PATH or --checkpoint PATH")
     if predictions is not None:
-        result = evaluate_predictions(ann, predictions, backend=backend.value, out=out)
+        from ssodkit.evaluation.coco_eval import evaluate_results_file
+
+        result = evaluate_results_file(ann, predictions, backend=backend.value, out=out)
         source = predictions.name
     else:
         from ssodkit.engine.predict import evaluate_checkpoint
@@ -56,21 +58,6 @@ def evaluate(
         )
         source = checkpoint.name
     _show(result, f"COCO bbox: {source}", per_class=per_class)
-
-
-def evaluate_predictions(ann: Path, predictions: Path, *, backend: str, out: Path | None) -> Any:
-    """Score a results file against a GT file; write the metrics JSON when `out` is given."""
-    from ssodkit.data.coco import CHECK_REMEDY, load_coco, load_results
-    from ssodkit.evaluation.coco_eval import evaluate_coco
-    from ssodkit.io import write_json_atomic
-
-    # Only boxes are scored, so the image files need not be present.
-    dataset = load_coco(ann, check_images="none", remedy=CHECK_REMEDY)
-    results = load_results(predictions, dataset)
-    result = evaluate_coco(dataset.to_dict(), results, backend=backend)
-    if out is not None:
-        write_json_atomic(out, result.model_dump(mode="json"))
-    return result
 
 
 def _show(result: Any, title: str, *, per_class: bool) -> None:

@@ -14,6 +14,7 @@ import contextlib
 import importlib.util
 import io
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
@@ -311,3 +312,20 @@ def detections_to_results(
         }
         for box, score, label in zip(xywh.tolist(), score_arr.tolist(), label_arr.tolist(), strict=True)
     ]
+
+
+def evaluate_results_file(
+    ann: str | Path, predictions: str | Path, *, backend: str = "auto", out: str | Path | None = None
+) -> EvalResult:
+    """Score a COCO results file against a ground-truth file (`ssodkit evaluate
+    --predictions`); write the metrics JSON atomically when `out` is given. Only boxes are
+    scored, so the image files need not be present."""
+    from ssodkit.data.coco import CHECK_REMEDY, load_coco, load_results
+    from ssodkit.io import write_json_atomic
+
+    dataset = load_coco(Path(ann), check_images="none", remedy=CHECK_REMEDY)
+    results = load_results(Path(predictions), dataset)
+    result = evaluate_coco(dataset.to_dict(), results, backend=backend)
+    if out is not None:
+        write_json_atomic(Path(out), result.model_dump(mode="json"))
+    return result
