@@ -60,6 +60,8 @@ METHOD_OVERRIDES: dict[str, dict[str, Any]] = {
     "sed": {},
 }
 BURN_IN = 5
+# Counters a run logs beside its loss terms, not part of the trace (added over time).
+BOOKKEEPING = {"unreadable_images"}
 
 
 def teacher_keys() -> dict[str, Any]:
@@ -102,7 +104,7 @@ def trace_pair(method: str, detector: str, iters: int, data: Any, runs_dir: Path
     finally:
         trainer.close()
     records = [json.loads(line) for line in (trainer.run_dir / "metrics.jsonl").read_text().splitlines()]
-    drop = {"type", "sec_per_iter", "lr"}
+    drop = {"type", "sec_per_iter", "lr", *BOOKKEEPING}
     return [{k: v for k, v in r.items() if k not in drop} for r in records if r.get("type") == "train"]
 
 
