@@ -379,3 +379,94 @@ def test_an_unknown_config_key_points_to_the_section_that_has_it(key, hint):
 
     with pytest.raises(ConfigError, match=rf"unknown config key '{key}'; did you mean '{hint}'\?"):
         build_config(None, {}, [f"{key}=5"])
+
+
+# --------------------------------------------------------------------------- the training step
+def test_a_non_finite_loss_is_skipped_counted_and_leaves_student_and_teacher_alone(tiny_config):
+    """A NaN at step k (an overflow, a bad pseudo box) must not reach the weights or the
+    teacher: the step is skipped and counted, and training goes on."""
+    from ssodkit.engine.trainer import Trainer
+
+    cfg = tiny_config(method__name="mean_teacher", method__score_thr=0.05, train__unlabeled_batch_size=2,
+                      output__name="nan")
+    trainer = Trainer(cfg)
+    step = trainer.method.step
+
+    def poisoned(student, teacher, labeled, unlabeled, it):
+        losses = step(student, teacher, labeled, unlabeled, it)
+        if it == 1:
+            losses["sup_loss_cls"] = losses["sup_loss_cls"] * float("nan")
+        return losses
+
+    trainer.method.step = poisoned
+    try:
+        stream = trainer.data.batches(0)
+        assert trainer.train_step(next(stream)) is not None
+        trainer.iteration += 1
+        student = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+        teacher = {k: v.clone() for k, v in trainer.teacher.state_dict().items()}
+        assert trainer.train_step(next(stream)) is None and trainer.skipped_steps == 1
+        for k, v in trainer.model.state_dict().items():
+            assert torch.equal(v, student[k]), k
+        for k, v in trainer.teacher.state_dict().items():
+            assert torch.equal(v, teacher[k]), k
+        trainer.iteration += 1
+        assert trainer.train_step(next(stream)) is not None  # and training goes on
+    finally:
+        trainer.close()
+
+
+def _train_records(run: Path) -> list[dict]:
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    return [{k: v for k, v in r.items() if k != "sec_per_iter"} for r in records if r["type"] == "train"]
+
+
+def test_a_run_killed_with_sigkill_resumes_to_the_uninterrupted_runs_losses(tiny_data, tmp_path):
+    """`kill -9` gives no chance to save: the last periodic checkpoint must be enough, and
+    the records written after it are replaced, not duplicated."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    runs = tmp_path / "runs"
+    base = [
+        sys.executable, "-m", "ssodkit", "train", "--method", "mean_teacher",
+        "--train-ann", str(tiny_data.train), "--train-images", str(tiny_data.images),
+        "--unlabeled", str(tiny_data.unlabeled), "--set", f"data.unlabeled_images={tiny_data.images}",
+        "--iters", "6", "--runs-dir", str(runs),
+        *tiny_set_args(**{"train.checkpoint_interval": 2, "train.unlabeled_batch_size": 2,
+                          "method.score_thr": 0.05, "schedule.iters": 6}),
+    ]
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    subprocess.run([*base, "--name", "straight"], check=True, capture_output=True, cwd=root, env=env, timeout=600)
+
+    proc = subprocess.Popen([*base, "--name", "killed"], cwd=root, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    metrics, deadline = runs / "killed" / "metrics.jsonl", time.monotonic() + 600
+    try:
+        while time.monotonic() < deadline and proc.poll() is None:
+            if metrics.exists() and any(json.loads(line)["iter"] >= 3 for line in metrics.read_text().splitlines()):
+                os.kill(proc.pid, signal.SIGKILL)  # after the iteration-2 checkpoint, mid-run
+                break
+            time.sleep(0.02)
+    finally:
+        proc.wait(timeout=60)
+    assert proc.returncode == -signal.SIGKILL, "the run ended before it could be killed"
+    subprocess.run([sys.executable, "-m", "ssodkit", "train", "--resume", str(runs / "killed")],
+                   check=True, capture_output=True, cwd=root, env=env, timeout=600)
+    assert _train_records(runs / "killed") == _train_records(runs / "straight")
+
+
+def test_resuming_a_finished_run_says_so_and_leaves_it_alone(tiny_data, tmp_path, cli):
+    runs = tmp_path / "runs"
+    args = ["train", "--train-ann", str(tiny_data.train), "--train-images", str(tiny_data.images),
+            "--runs-dir", str(runs), "--name", "done", *tiny_set_args(**{"schedule.iters": 2})]
+    assert cli(*args).exit_code == 0
+    before = (runs / "done" / "metrics.jsonl").read_bytes()
+    result = cli("train", "--resume", str(runs / "done"))
+    assert result.exit_code == 0, result.output
+    assert "already finished at iteration 2" in result.output and "s/it" not in result.output
+    assert (runs / "done" / "metrics.jsonl").read_bytes() == before

@@ -110,6 +110,10 @@ def train(
         if not (resume / "checkpoints" / "last.pt").is_file():
             raise SsodkitError(f"{resume}: no checkpoints/last.pt to resume from")
         cfg = load_saved_config(resume / "config.yaml")
+        done = _finished_iteration(resume, cfg.schedule.iters)
+        if done is not None:
+            console().print(f"{resume}: already finished at iteration {done}; nothing to resume", markup=False)
+            return
     else:
         flags = {FLAG_KEYS[k]: (str(v) if isinstance(v, Path) else v) for k, v in given.items()}
         cfg = build_config(config, flags, set_ or [])
@@ -139,6 +143,15 @@ def train(
             )
     finally:
         trainer.close()
+
+
+def _finished_iteration(run: Path, iters: int) -> int | None:
+    """The run's last iteration when its last checkpoint is already at the end, else None
+    (so that resuming a finished run neither retrains nor rewrites its metrics)."""
+    from ssodkit.engine.checkpoint import load_checkpoint
+
+    iteration = int(load_checkpoint(run / "checkpoints" / "last.pt").get("iteration", 0))
+    return iteration if iteration >= iters else None
 
 
 def register(app: typer.Typer) -> None:

@@ -225,13 +225,16 @@ class Trainer:
         if self.teacher is not None and self.iteration < burn_in:
             unlabeled = None  # supervised only until the teacher is ready
         self.model.train()
+        # A skipped step must leave the student as it was, BatchNorm statistics included: a
+        # forward that overflowed would otherwise leave NaN running statistics behind (and the
+        # teacher copies them). The buffers are small; the copy costs little.
+        buffers = [b.detach().clone() for b in self.model.buffers()]
         with autocast_context(self.device, self.amp_dtype):
             losses = self.step_module(labeled, unlabeled, self.iteration)
         total: Tensor = sum(losses.values(), torch.zeros((), device=self.device))
         self.optimizer.zero_grad(set_to_none=True)
         if any_rank(not bool(torch.isfinite(total)), self.dist, self.device):
-            self.skipped_steps += 1
-            return None
+            return self._skip(buffers)
         self.scaler.scale(total).backward()
         self.scaler.unscale_(self.optimizer)
         grad_norm = torch.nn.utils.clip_grad_norm_(
@@ -241,8 +244,7 @@ class Trainer:
             not bool(torch.isfinite(grad_norm)), self.dist, self.device
         ):
             self.optimizer.zero_grad(set_to_none=True)
-            self.skipped_steps += 1
-            return None
+            return self._skip(buffers)
         self.scaler.step(self.optimizer)
         self.scaler.update()
         if self.teacher is not None and self.iteration < burn_in:
@@ -253,6 +255,14 @@ class Trainer:
         out["loss"] = float(total.detach())
         out.update(self.method.stats)
         return out
+
+    @torch.no_grad()
+    def _skip(self, buffers: list[Tensor]) -> None:
+        """Count a skipped step and put back the buffers its forward changed."""
+        for b, saved in zip(self.model.buffers(), buffers):
+            b.copy_(saved)
+        self.skipped_steps += 1
+        return None
 
     # ------------------------------------------------------------------ evaluation
     def evaluate(self) -> dict[str, EvalResult]:
