@@ -470,3 +470,20 @@ def test_resuming_a_finished_run_says_so_and_leaves_it_alone(tiny_data, tmp_path
     assert result.exit_code == 0, result.output
     assert "already finished at iteration 2" in result.output and "s/it" not in result.output
     assert (runs / "done" / "metrics.jsonl").read_bytes() == before
+
+
+def test_resume_on_data_that_became_invalid_points_to_the_runs_config(tiny_data, tmp_path, cli):
+    """`--resume` takes no other option, so the advice cannot be `--skip-invalid`."""
+    runs, ann = tmp_path / "runs", tmp_path / "train.json"
+    ann.write_text(tiny_data.train.read_text())
+    args = ["train", "--train-ann", str(ann), "--train-images", str(tiny_data.images),
+            "--runs-dir", str(runs), "--name", "r", *tiny_set_args(**{"schedule.iters": 2})]
+    assert cli(*args).exit_code == 0
+    config = runs / "r" / "config.yaml"
+    config.write_text(config.read_text().replace("iters: 2\n", "iters: 4\n", 1))  # not finished yet
+    coco = json.loads(ann.read_text())
+    coco["annotations"][0]["bbox"] = [0, 0, -5, 3]  # a negative width
+    ann.write_text(json.dumps(coco))
+    result = cli("train", "--resume", str(runs / "r"))
+    assert_one_clean_error(result, "data.skip_invalid: true", str(config))
+    assert "--skip-invalid" not in result.stderr

@@ -11,7 +11,13 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from ssodkit.config import RunConfig
-from ssodkit.data.coco import CHECK_REMEDY, CocoDataset, load_coco, load_unlabeled
+from ssodkit.data.coco import (
+    CHECK_REMEDY,
+    SKIP_INVALID_REMEDY,
+    CocoDataset,
+    load_coco,
+    load_unlabeled,
+)
 from ssodkit.data.datasets import (
     EvalDataset,
     Guarded,
@@ -53,8 +59,11 @@ def hidden_ground_truth(src: Path | None, images: Path | None) -> CocoDataset | 
     return coco if coco.annotations else None
 
 
-def resolve_sources(cfg: RunConfig, run_dir: Path, dist: DistInfo, need_unlabeled: bool) -> DataSources:
-    """Read and validate the COCO files a run needs (generating the synthetic set if asked)."""
+def resolve_sources(
+    cfg: RunConfig, run_dir: Path, dist: DistInfo, need_unlabeled: bool, remedy: str = SKIP_INVALID_REMEDY
+) -> DataSources:
+    """Read and validate the COCO files a run needs (generating the synthetic set if asked);
+    `remedy` ends the message for invalid records (what this user can do about them)."""
     data = cfg.data
     train_ann, train_images = data.train_ann, data.train_images
     val_ann, val_images = data.val_ann, data.val_images
@@ -71,7 +80,7 @@ def resolve_sources(cfg: RunConfig, run_dir: Path, dist: DistInfo, need_unlabele
         if unlabeled_src is None and data.labeled_percent is None:
             unlabeled_src, unlabeled_images = paths.unlabeled, paths.images
     assert train_ann is not None
-    train = load_coco(train_ann, train_images, skip_invalid=data.skip_invalid)
+    train = load_coco(train_ann, train_images, skip_invalid=data.skip_invalid, remedy=remedy)
     unlabeled = None
     if data.labeled_percent is not None:
         train, rest = split_dataset(train, data.labeled_percent, data.fold)
@@ -87,9 +96,9 @@ def resolve_sources(cfg: RunConfig, run_dir: Path, dist: DistInfo, need_unlabele
             raise DataError(
                 f"method '{cfg.method.name}' needs unlabeled images: pass --unlabeled or --labeled-percent"
             )
-        unlabeled = load_unlabeled(unlabeled_src, unlabeled_images, skip_invalid=data.skip_invalid)
+        unlabeled = load_unlabeled(unlabeled_src, unlabeled_images, skip_invalid=data.skip_invalid, remedy=remedy)
         unlabeled_gt = hidden_ground_truth(unlabeled_src, unlabeled_images)
-    val = load_coco(val_ann, val_images, skip_invalid=data.skip_invalid) if val_ann else None
+    val = load_coco(val_ann, val_images, skip_invalid=data.skip_invalid, remedy=remedy) if val_ann else None
     if val is not None and val.class_names != train.class_names:
         raise DataError(f"{val_ann}: categories {val.class_names} differ from {train_ann}'s {train.class_names}")
     if val is not None and cfg.eval.max_images is not None:
@@ -282,10 +291,10 @@ def labeled_repeat_factors(cfg: RunConfig, dataset: LabeledDataset, default_t: f
 
 def build_train_data(
     cfg: RunConfig, run_dir: Path, dist: DistInfo, unlabeled_views: tuple[str, ...],
-    default_repeat_factor_t: float | None = None,
+    default_repeat_factor_t: float | None = None, remedy: str = SKIP_INVALID_REMEDY,
 ) -> TrainData:
     need_unlabeled = bool(unlabeled_views)
-    sources = resolve_sources(cfg, run_dir, dist, need_unlabeled)
+    sources = resolve_sources(cfg, run_dir, dist, need_unlabeled, remedy)
     labeled_view = build_view("labeled", cfg.views)
     train_dataset = LabeledDataset(sources.train, labeled_view)
     if len(train_dataset) == 0:

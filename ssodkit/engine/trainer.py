@@ -21,10 +21,10 @@ from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
 from ssodkit.config import RunConfig, resolve_method, save_config
+from ssodkit.data.coco import SKIP_INVALID_REMEDY
 from ssodkit.detectors.protocol import check_capabilities
 from ssodkit.engine import checkpoint as ckpt
 from ssodkit.engine.data_setup import TrainData, build_train_data
-from ssodkit.engine.ema import EMA
 from ssodkit.engine.distributed import (
     DistInfo,
     any_rank,
@@ -33,16 +33,26 @@ from ssodkit.engine.distributed import (
     init_distributed,
     shutdown_distributed,
 )
+from ssodkit.engine.ema import EMA
 from ssodkit.engine.metrics import MetricsLog
 from ssodkit.engine.predict import autocast_context, evaluate_model
 from ssodkit.engine.progress import TrainProgress
-from ssodkit.engine.runtime import build_model, initial_weights, resolve_amp, resolve_device
+from ssodkit.engine.runtime import (
+    build_model,
+    initial_weights,
+    resolve_amp,
+    resolve_device,
+)
 from ssodkit.engine.schedule import build_scheduler
 from ssodkit.errors import SsodkitError
 from ssodkit.evaluation.coco_eval import EvalResult
 from ssodkit.methods.base import Method, ModelHandle
 from ssodkit.plugins import build_view, method_class
-from ssodkit.pseudo.labeler import PseudoLabeler, PseudoLabelParams, resolve_for_detector
+from ssodkit.pseudo.labeler import (
+    PseudoLabeler,
+    PseudoLabelParams,
+    resolve_for_detector,
+)
 
 
 @dataclass
@@ -127,9 +137,12 @@ class Trainer:
             shutil.rmtree(self.run_dir, ignore_errors=True)
 
     def _set_up(self, cfg: RunConfig, resume: Path | None) -> None:
+        remedy = SKIP_INVALID_REMEDY  # --resume takes no option: the run's own config is the way
+        if resume is not None:
+            remedy = f" (set data.skip_invalid: true in {resume / 'config.yaml'} to drop them, or fix the file)"
         self.data: TrainData = build_train_data(
             cfg, self.run_dir, self.dist, self.method_cls.unlabeled_views,
-            self.method_cls.default_repeat_factor_t,
+            self.method_cls.default_repeat_factor_t, remedy,
         )
         self.classes = self.data.classes
 
