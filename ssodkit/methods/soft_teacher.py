@@ -68,7 +68,8 @@ class SoftTeacher(TeacherStudent):
     @torch.no_grad()
     def teacher_view(self, teacher: nn.Module, weak: ViewBatch) -> tuple[TeacherView, PseudoLabels]:
         """One teacher pass on the weak view: its features (kept for the filters) and its
-        detections after the initial filters (score, empty image)."""
+        detections after the pseudo-labeler's filters (the initial score threshold); the
+        empty-image rule comes after projection."""
         teacher.eval()
         model = ModelHandle(teacher).two_stage
         image_list, features = model.features(weak.images)

@@ -15,8 +15,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from torch import nn
 
 from ssodkit.detectors.protocol import Detections
-from ssodkit.pseudo.filters import AGNOSTIC_NMS_IOU, FilterChain, build_filter_chain
 from ssodkit.erasing import DROP_COVERED
+from ssodkit.pseudo.filters import AGNOSTIC_NMS_IOU, FilterChain, build_filter_chain
 from ssodkit.pseudo.labels import PseudoLabels, project_detections
 
 if TYPE_CHECKING:
@@ -83,8 +83,7 @@ class PseudoLabeler:
 
     def __init__(self, params: PseudoLabelParams, class_names: list[str], detector: Any = None) -> None:
         self.params = params
-        self.threshold = resolve_score_thr(params.score_thr, detector)
-        resolved = params.model_copy(update={"score_thr": self.threshold})
+        resolved = params.model_copy(update={"score_thr": resolve_score_thr(params.score_thr, detector)})
         self.filters: FilterChain = build_filter_chain(params.filters, resolved, class_names)
 
     @torch.no_grad()
