@@ -84,8 +84,10 @@ class TeacherConfig(_Section):
     gamma: float = Field(4.0, gt=0, description="γ of the schedule (MixPL: 4)")
     min_momentum: float = Field(2e-4, gt=0, le=1, description="floor of the schedule")
     buffers: Literal["copy", "ema", "skip"] = Field(
-        "copy", description="BatchNorm statistics: copied from the student, averaged like weights, or left alone"
+        "ema", description="BatchNorm statistics: averaged like the weights (Unbiased Teacher), copied from the "
+        "student, or left alone (mmdet, whose backbone BN is frozen)"
     )
+    interval: int = Field(1, ge=1, description="update the teacher after every N-th step (MixPL: 3)")
     burn_in: int = Field(0, ge=0, description="supervised-only iterations; the teacher copies the student until then")
 
 

@@ -74,6 +74,10 @@ def test_teacher_settings_take_the_methods_declared_defaults_unless_set():
     assert (mine.teacher.momentum, mine.teacher.burn_in) == (4e-4, 5)
     mt = build_config(None, None, ["method.name=mean_teacher"])
     assert (mt.teacher.momentum, mt.teacher.burn_in) == (None, 0)  # the schedule max(2e-4, 4/(4+t))
+    assert (mt.teacher.buffers, mt.teacher.interval) == ("ema", 1)  # BN statistics averaged, every step
+    mixpl = build_config(None, None, ["method.name=mixpl", "train.unlabeled_batch_size=4"])
+    assert mixpl.teacher.interval == 3  # MixPL's MeanTeacherHook
+    assert build_config(None, None, ["method.name=unbiased_teacher"]).method.params["score_thr"] is None
 
 
 def test_teacher_keys_under_method_point_to_the_teacher_section():

@@ -171,3 +171,18 @@ def test_the_typed_handle_routes_every_call_through_the_modules_one_forward():
     # the same results as calling the detector itself
     assert torch.equal(logits, model.roi_outputs(features, proposals, image_list.image_sizes)[0])
     assert torch.equal(dense.cls_logits[0], model.dense([img]).cls_logits[0])
+
+
+def test_fcos_pseudo_threshold_keeps_the_boxes_mixpl_keeps_at_0_3_on_mmdets_score():
+    """ssodkit's FCOS score is √(cls · centerness) (torchvision); MixPL's τ 0.3 is on mmdet's
+    cls · centerness. The default τ must keep exactly the boxes whose cls · ctr exceeds 0.3."""
+    from ssodkit.pseudo.filters import above_threshold
+
+    model = tiny("fcos")
+    cls, ctr = torch.rand(1, 500, 3), torch.rand(1, 500, 1)
+    scores = model.class_scores({"cls_logits": torch.logit(cls), "bbox_ctrness": torch.logit(ctr)})
+    mmdet_score = cls * ctr
+    kept = above_threshold(scores, torch.tensor(model.default_pseudo_thr))
+    near = (mmdet_score - 0.3).abs() < 1e-5  # float ties either way
+    assert torch.equal(kept[~near], (mmdet_score > 0.3)[~near])
+    assert int((scores > 0.3).sum()) > int(kept.sum())  # 0.3 on this scale keeps far more

@@ -34,6 +34,19 @@ def test_ema_moves_every_parameter_exactly_by_m():
         assert torch.allclose(t, b + 0.25 * (s - b), atol=1e-7)
 
 
+def test_ema_averages_buffers_by_default_and_an_interval_skips_steps():
+    torch.manual_seed(0)
+    student = torch.nn.BatchNorm1d(3)
+    teacher = copy.deepcopy(student)
+    student.running_mean.fill_(1.0)
+    EMA(momentum=0.25).update(teacher, student, iteration=0)
+    assert torch.allclose(teacher.running_mean, torch.full((3,), 0.25))  # averaged, not copied
+    every_third = EMA(momentum=0.5, interval=3)
+    moved = [every_third.update(teacher, student, iteration=t) for t in range(6)]
+    assert moved == [0.0, 0.0, 0.5, 0.0, 0.0, 0.5]  # after steps 3 and 6, as MixPL's hook
+    assert torch.allclose(teacher.running_mean, torch.full((3,), 1 - 0.75 * 0.25))
+
+
 def test_ema_schedule_follows_gamma_over_gamma_plus_t_with_a_floor():
     ema = EMA(gamma=4.0, min_momentum=2e-4)
     assert ema.momentum_at(0) == 1.0  # teacher = student after the first step
@@ -64,6 +77,21 @@ def test_filters_keep_scores_above_tau_and_zero_empty_images():
     ruled = apply_empty_image_rule(strict, "per_image")
     assert ruled.counts == [1, 0] and ruled.weights.tolist() == [1.0, 0.0]
     assert apply_empty_image_rule(strict, "none").weights.tolist() == [1.0, 1.0]  # the rule can be switched off
+
+
+def test_empty_image_rule_scopes_per_image_batch_all_and_batch_any():
+    """per_image: only the empty image; batch_all (MixPL's fork): the whole batch unless every
+    image keeps a box; batch_any (mmdet): the batch only when no image keeps one."""
+    box = Detections(torch.tensor([[0.0, 0, 5, 5]]), torch.tensor([0.9]), torch.tensor([0]))
+    none = Detections(torch.zeros(0, 4), torch.zeros(0), torch.zeros(0, dtype=torch.long))
+    mixed = PseudoLabels.from_detections([box, none, box])
+    empty = PseudoLabels.from_detections([none, none])
+    full = PseudoLabels.from_detections([box, box])
+    weights = {rule: [apply_empty_image_rule(p, rule).weights.tolist() for p in (mixed, empty, full)]
+               for rule in ("per_image", "batch_all", "batch_any")}
+    assert weights["per_image"] == [[1.0, 0.0, 1.0], [0.0, 0.0], [1.0, 1.0]]
+    assert weights["batch_all"] == [[0.0, 0.0, 0.0], [0.0, 0.0], [1.0, 1.0]]
+    assert weights["batch_any"] == [[1.0, 1.0, 1.0], [0.0, 0.0], [1.0, 1.0]]
 
 
 def test_a_score_equal_to_tau_is_not_a_pseudo_label():

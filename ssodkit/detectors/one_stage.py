@@ -7,6 +7,7 @@ outputs on a known anchor/point grid, which SED, U2PL-det and `stats grad` need.
 
 from __future__ import annotations
 
+import math
 from functools import partial
 
 import torch
@@ -246,7 +247,9 @@ class FCOSDetector(OneStageDetector):
 
     name = "fcos"
     default_nms_thresh = 0.6
-    default_pseudo_thr = 0.3  # score = sqrt(cls · centerness) runs lower still
+    # MixPL's FCOS τ is 0.3 on mmdet's score cls · centerness; this score (torchvision's) is
+    # √(cls · centerness), so the same boxes pass at √0.3 ≈ 0.548.
+    default_pseudo_thr = math.sqrt(0.3)
     center_sampling_radius = 1.5
     box_coding = "ltrb"
 

@@ -13,7 +13,9 @@ class EMA:
 
     `momentum=None` uses MixPL's schedule `m_t = max(min_momentum, γ / (γ + t))` (the teacher
     follows the student closely early on, then slowly); a float gives a constant m (mmdet's
-    1e-3). Buffers (BatchNorm statistics) are copied, averaged, or left alone.
+    1e-3). Buffers (BatchNorm statistics) are averaged like the weights, copied, or left
+    alone. `interval` k updates after every k-th step only, with the step's own m_t (MixPL's
+    MeanTeacherHook: interval 3, t the iteration), so the teacher moves k times slower.
     """
 
     def __init__(
@@ -21,12 +23,14 @@ class EMA:
         momentum: float | None = None,
         gamma: float = 4.0,
         min_momentum: float = 2e-4,
-        buffers: Literal["copy", "ema", "skip"] = "copy",
+        buffers: Literal["copy", "ema", "skip"] = "ema",
+        interval: int = 1,
     ) -> None:
         self.momentum = momentum
         self.gamma = gamma
         self.min_momentum = min_momentum
         self.buffers = buffers
+        self.interval = interval
 
     def momentum_at(self, iteration: int) -> float:
         if self.momentum is not None:
@@ -35,6 +39,9 @@ class EMA:
 
     @torch.no_grad()
     def update(self, teacher: nn.Module, student: nn.Module, iteration: int) -> float:
+        """Move the teacher after step `iteration` (0-based); the momentum used, 0 if skipped."""
+        if (iteration + 1) % self.interval:
+            return 0.0
         m = self.momentum_at(iteration)
         for t, s in zip(teacher.parameters(), student.parameters()):
             t.mul_(1.0 - m).add_(s.detach(), alpha=m)

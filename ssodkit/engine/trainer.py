@@ -157,7 +157,7 @@ class Trainer:
         if self.method_cls.uses_teacher:
             self.teacher = copy.deepcopy(self.model).eval().requires_grad_(False)
             t = cfg.teacher
-            self.ema = EMA(t.momentum, t.gamma, t.min_momentum, t.buffers)
+            self.ema = EMA(t.momentum, t.gamma, t.min_momentum, t.buffers, t.interval)
         self.optimizer = build_optimizer(self.model, cfg)
         self.scheduler = build_scheduler(self.optimizer, cfg.schedule)
         self.scaler = torch.amp.GradScaler(

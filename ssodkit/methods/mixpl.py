@@ -57,6 +57,7 @@ class MixPL(TeacherStudent):
     name = "mixpl"
     Params: ClassVar[type[BaseModel]] = MixPLParams
     default_repeat_factor_t: ClassVar[float | None] = 1e-3  # LVIS's t; recipes tune it
+    teacher_defaults: ClassVar[dict[str, Any]] = {"interval": 3}  # its MeanTeacherHook's interval
 
     @classmethod
     def check_config(cls, cfg: Any, params: BaseModel) -> None:

@@ -18,7 +18,10 @@ from ssodkit.methods.teacher_student import TeacherStudent, TeacherStudentParams
 
 class UnbiasedTeacherParams(TeacherStudentParams):
     unsup_weight: float = Field(4.0, ge=0, description="β (official: 4)")
-    score_thr: float | None = Field(0.7, ge=0, le=1, description="τ (official: 0.7)")
+    score_thr: float | None = Field(
+        None, ge=0, le=1, description="τ; None = the detector's default (official Faster R-CNN: 0.7, its "
+        "softmax scale; a focal or FCOS score never reaches 0.7 in time)"
+    )
 
 
 class UnbiasedTeacher(TeacherStudent):

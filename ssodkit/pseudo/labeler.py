@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     from ssodkit.methods.base import ViewBatch
 
 DEFAULT_SCORE_THR = 0.5  # for detectors that do not declare their own `default_pseudo_thr`
-EmptyImages = Literal["per_image", "none"]
+EmptyImages = Literal["per_image", "batch_all", "batch_any", "none"]
 
 
 class PseudoLabelParams(BaseModel):
@@ -33,7 +33,7 @@ class PseudoLabelParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     score_thr: float | None = Field(
-        None, ge=0, le=1, description="τ: keep boxes scoring > τ; None = the detector's default (CE 0.7, focal 0.4, FCOS 0.3)"
+        None, ge=0, le=1, description="τ: keep boxes scoring > τ; None = the detector's default (CE 0.7, focal 0.4, FCOS √0.3)"
     )
     class_score_thr: dict[str, float] | None = Field(None, description="per-class τ by class name")
     filters: list[str] = Field(
@@ -44,15 +44,18 @@ class PseudoLabelParams(BaseModel):
     drop_covered: float = Field(DROP_COVERED, ge=0, le=1, description="drop pseudo boxes this much erased")
     empty_images: EmptyImages = Field(
         "per_image",
-        description="an image left with no pseudo box adds no unsupervised loss (per_image), or trains as all "
-        "background (none: no rule)",
+        description="what an image left with no pseudo box does: adds no unsupervised loss (per_image); "
+        "zeroes the whole batch's unless every image keeps a box (batch_all, MixPL's code); zeroes it only "
+        "when no image keeps one (batch_any, mmdet's); trains as all background (none)",
     )
 
     @field_validator("filters")
     @classmethod
     def _no_empty_image_filter(cls, value: list[str]) -> list[str]:
         if "empty_image" in value:
-            raise ValueError("the empty-image rule is not a filter: it is method.empty_images (per_image or none)")
+            raise ValueError(
+                "the empty-image rule is not a filter: it is method.empty_images (per_image, batch_all, batch_any or none)"
+            )
         return value
 
 
@@ -64,14 +67,24 @@ def resolve_score_thr(score_thr: float | None, detector: Any) -> float:
 
 
 def apply_empty_image_rule(pseudo: PseudoLabels, rule: EmptyImages) -> PseudoLabels:
-    """Zero the loss weight of images left without a pseudo box (`per_image`).
+    """Zero the loss weight of images left without a pseudo box.
 
-    Without it, one-stage detectors learn that unlabeled images are all background and
-    collapse (MixPL Table 1a: RetinaNet 17.9 → 34.1 AP)."""
-    if rule == "none":
+    Without a rule, one-stage detectors learn that unlabeled images are all background and
+    collapse (MixPL Table 1a: RetinaNet 17.9 → 34.1 AP). The references differ in scope:
+    `per_image` zeroes only the empty images; MixPL's fork (`least_num` 1) zeroes the whole
+    batch unless every image keeps a box (`batch_all`); mmdet zeroes the batch only when no
+    image keeps one (`batch_any`), so an empty image beside a labelled one trains as background.
+    The batch is the device's batch."""
+    if rule == "none" or not pseudo.counts:
         return pseudo
-    counts = torch.tensor(pseudo.counts, device=pseudo.weights.device)
-    return PseudoLabels(pseudo.detections, pseudo.weights * (counts > 0).float())
+    has_box = torch.tensor(pseudo.counts, device=pseudo.weights.device) > 0
+    if rule == "per_image":
+        keep = has_box
+    elif rule == "batch_all":
+        keep = has_box.all().expand_as(has_box)
+    else:  # batch_any
+        keep = has_box.any().expand_as(has_box)
+    return PseudoLabels(pseudo.detections, pseudo.weights * keep.float())
 
 
 class PseudoLabeler:
