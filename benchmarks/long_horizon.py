@@ -124,10 +124,14 @@ def execute(jobs: list[Job], runs_dir: Path, parallel: int) -> None:
             state = run_dir_state(run_dir, job.iters)
             if state == "new" and run_dir.exists():
                 shutil.rmtree(run_dir)  # a benchmark-owned folder killed before its first checkpoint
-            cmd = ["ssodkit", "train", *(["--resume", str(run_dir)] if state == "resume" else job.args)]
+            # This checkout's code (not whatever `ssodkit` is installed): runs started hours apart
+            # stay comparable while the working tree changes elsewhere.
+            cmd = [sys.executable, "-c", "from ssodkit.cli.app import main; main()", "train",
+                   *(["--resume", str(run_dir)] if state == "resume" else job.args)]
             log = open(runs_dir / f"{name}.log", "a")  # noqa: SIM115 - closed with the process
             print(f"start {name} ({state})", flush=True)
-            running[name] = (subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env), time.monotonic())
+            proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
+            running[name] = (proc, time.monotonic())
             del pending[name]
         time.sleep(2)
 
