@@ -186,3 +186,34 @@ def test_fcos_pseudo_threshold_keeps_the_boxes_mixpl_keeps_at_0_3_on_mmdets_scor
     near = (mmdet_score - 0.3).abs() < 1e-5  # float ties either way
     assert torch.equal(kept[~near], (mmdet_score > 0.3)[~near])
     assert int((scores > 0.3).sum()) > int(kept.sum())  # 0.3 on this scale keeps far more
+
+
+def test_retinanet_loss_norm_image_is_torchvisions_and_batch_is_mmdets():
+    """image: mean over images of loss_i / fg_i; batch: Σ loss_i / Σ fg_i (mmdet's avg_factor)."""
+    img, target = square_scene()
+    other = torch.rand(3, 128, 128)
+    other_t = {"boxes": torch.tensor([[5.0, 5, 50, 50], [60, 60, 120, 110], [70, 10, 110, 40]]),
+               "labels": torch.tensor([1, 2, 0])}
+    results = {}
+    for norm in ("image", "batch"):
+        model = tiny("retinanet", loss_norm=norm).eval()
+        counts: list[int] = []
+        original = model.match
+
+        def counting(targets, anchors, per_level, original=original, counts=counts):
+            matched = original(targets, anchors, per_level)
+            counts.extend(int((m >= 0).sum()) for m in matched)
+            return matched
+
+        model.match = counting
+        singles = [model.loss([i], [t]) for i, t in ((img, target), (other, other_t))]
+        n = counts[:2]
+        pair = model.loss([img, other], [target, other_t])
+        results[norm] = (singles, n, pair)
+    singles, n, pair = results["image"]
+    assert n[0] != n[1]  # otherwise the two rules agree
+    for k in pair:
+        assert torch.allclose(pair[k], (singles[0][k] + singles[1][k]) / 2, rtol=1e-4)
+    singles, n, pair = results["batch"]
+    for k in pair:
+        assert torch.allclose(pair[k], (n[0] * singles[0][k] + n[1] * singles[1][k]) / (n[0] + n[1]), rtol=1e-4)

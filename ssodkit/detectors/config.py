@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import BaseModel, ConfigDict, Field
 
 
@@ -19,6 +21,10 @@ class DetectorConfig(BaseModel):
     )
     anchor_size: int | None = Field(
         None, gt=0, description="anchor size at the finest level; None = detector default"
+    )
+    loss_norm: Literal["image", "batch"] = Field(
+        "image", description="RetinaNet: normalise each image's loss by its own foreground count and average "
+        "(torchvision), or the batch's sum by the batch's count (mmdet). FCOS always uses the batch's."
     )
     score_thresh: float = Field(0.05, ge=0.0, le=1.0, description="minimum score of a prediction")
     nms_thresh: float | None = Field(None, gt=0.0, le=1.0, description="None = detector default")

@@ -217,13 +217,17 @@ class RetinaNetDetector(OneStageDetector):
         self, targets: list[Target], outputs: dict[str, Tensor], anchors: list[Tensor],
         matched: list[Tensor], weights: Tensor, cls_only: bool,
     ) -> dict[str, Tensor]:
-        # torchvision: each image's loss is normalised by its own foreground count, then
-        # averaged over images. Weighted: average over the images with weight > 0.
+        # `loss_norm: image` (torchvision): each image's loss is normalised by its own
+        # foreground count, then averaged over the images with weight > 0. `batch` (mmdet):
+        # the weighted sum over the batch divided by the foreground count of those images.
+        per_image = self.cfg.loss_norm != "batch"
+        if not per_image:
+            total_fg = sum(int((m >= 0).sum()) for m, w in zip(matched, weights) if w > 0)
         cls_terms, box_terms = [], []
         for i, (target, match) in enumerate(zip(targets, matched)):
             logits = outputs["cls_logits"][i]
             fg = match >= 0
-            num_fg = max(1, int(fg.sum()))
+            num_fg = max(1, int(fg.sum()) if per_image else total_fg)
             cls_target = torch.zeros_like(logits)
             cls_target[fg, target["labels"][match[fg]]] = 1.0
             valid = match != det_utils.Matcher.BETWEEN_THRESHOLDS
@@ -235,7 +239,7 @@ class RetinaNetDetector(OneStageDetector):
                 pred = self.decode(outputs["bbox_regression"][i][fg_idx].float(), anchors[i][fg_idx])
                 gt = target["boxes"][match[fg_idx]]
                 box_terms.append(weights[i] * generalized_box_iou_loss(pred, gt, reduction="sum") / num_fg)
-        denom = max(1, int((weights > 0).sum()))
+        denom = max(1, int((weights > 0).sum())) if per_image else 1
         losses = {"loss_cls": torch.stack(cls_terms).sum() / denom}
         if not cls_only:
             losses["loss_box"] = torch.stack(box_terms).sum() / denom
