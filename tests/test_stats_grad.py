@@ -113,7 +113,7 @@ def test_every_group_is_populated_in_every_view_of_a_constructed_case(fcos_check
         pseudo_labels=_one_class_wrong(tiny_data),
     )
     assert [v.view for v in stats.views] == ["weak", "strong", "mixup", "mosaic"]
-    assert stats.detector == "fcos" and stats.score_thr == 0.3 and stats.num_images == 3
+    assert stats.detector == "fcos" and stats.score_thr == pytest.approx(math.sqrt(0.3)) and stats.num_images == 3
     for view in stats.views:
         assert [g.group for g in view.groups] == list(GROUPS)
         for group in view.groups:
@@ -199,8 +199,8 @@ def test_default_threshold_follows_the_runs_method_then_the_detector():
     from ssodkit.config import build_config
     from ssodkit.stats.grad import _run_param
 
-    ut = build_config(None, {"method.name": "unbiased_teacher"})
-    assert _run_param(ut, "score_thr", 0.3) == 0.7  # the method's own default
+    st = build_config(None, {"method.name": "soft_teacher"})
+    assert _run_param(st, "score_thr", 0.3) == 0.5  # the method's own default
     mt = build_config(None, {"method.name": "mean_teacher"})
     assert _run_param(mt, "score_thr", 0.3) == 0.3  # no method default: the detector's
     set_ = build_config(None, {"method.name": "mean_teacher", "method.score_thr": 0.55})

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import signal
 
@@ -135,7 +136,7 @@ def test_config_yaml_records_every_value_the_run_used_and_reproduces_it(tiny_con
     trainer = Trainer(tiny_config(method__name="mean_teacher", output__name="resolved"))
     try:
         saved = load_saved_config(trainer.run_dir / "config.yaml")
-        assert saved.method.params["score_thr"] == 0.3  # FCOS's default, resolved once at start-up
+        assert saved.method.params["score_thr"] == pytest.approx(math.sqrt(0.3))  # FCOS's default, resolved once at start-up
         assert saved.teacher.gamma == 4.0 and saved.method.params["filters"] == ["score"]
         assert build_config(trainer.run_dir / "config.yaml") == saved == trainer.cfg
     finally:

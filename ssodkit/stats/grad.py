@@ -463,7 +463,7 @@ def _check_dense(model: nn.Module, detector: str) -> None:
 
 def _run_param(cfg: RunConfig, name: str, default: Any) -> Any:
     """A pseudo-label setting as the run trained with it: set in its config, else its
-    method's own default (Unbiased Teacher's τ is 0.7), else `default` (the detector's)."""
+    method's own default (Soft Teacher's τ is 0.5), else `default` (the detector's)."""
     value = cfg.method.params.get(name)
     if value is None:
         from pydantic import ValidationError
