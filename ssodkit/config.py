@@ -317,8 +317,13 @@ MOVED_TO_TEACHER = {
 
 
 def migrate_legacy(data: dict[str, Any]) -> dict[str, Any]:
-    """A config saved before the `teacher` section existed (a run folder or checkpoint of an
-    earlier version), with its `method.ema_*` / `method.burn_in` keys moved there."""
+    """A config saved by an earlier version (a run folder or checkpoint), brought up to date:
+    `detector.freeze_bn: false` where the key is missing (the backbone's BatchNorm always
+    trained then, pretrained or not), and the `method.ema_*` / `method.burn_in` keys of a
+    config from before the `teacher` section existed moved there."""
+    detector = data.get("detector")
+    if isinstance(detector, dict) and "freeze_bn" not in detector:
+        data = {**data, "detector": {**detector, "freeze_bn": False}}
     method = data.get("method")
     if not isinstance(method, dict) or not set(method) & set(MOVED_TO_TEACHER):
         return data

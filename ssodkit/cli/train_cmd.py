@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
 from ssodkit.errors import SsodkitError
+
+if TYPE_CHECKING:  # pydantic loads only when a command runs
+    from ssodkit.config import RunConfig
 
 # CLI flag → dotted config key. Flags left out (None) do not override the recipe.
 FLAG_KEYS = {
@@ -99,9 +102,9 @@ def train(
     Defaults are the config's; a --config recipe or --set overrides them.
     """
     from ssodkit.cli.output import console
+    from ssodkit.cli.tables import per_class_table, results_table
     from ssodkit.config import build_config, load_saved_config
     from ssodkit.engine.trainer import Trainer
-    from ssodkit.cli.tables import per_class_table, results_table
 
     given = {key: value for key, value in locals().items() if key in FLAG_KEYS and value is not None}
     if resume is not None:
@@ -124,7 +127,8 @@ def train(
             trainer.console.print(
                 f"[bold]ssodkit train[/] {cfg.method.name} / {cfg.detector.name} ({cfg.detector.backbone}) "
                 f"on {trainer.device} — {len(trainer.data.train_dataset)} labeled images, "
-                f"{trainer.data.num_unlabeled} unlabeled, {len(trainer.classes)} classes → {trainer.run_dir}"
+                f"{trainer.data.num_unlabeled} unlabeled, {len(trainer.classes)} classes"
+                f"{_frozen_bn_note(cfg, trainer.cfg)} → {trainer.run_dir}"
             )
         summary = trainer.run()
         if trainer.dist.is_main:
@@ -143,6 +147,19 @@ def train(
             )
     finally:
         trainer.close()
+
+
+def _frozen_bn_note(given: RunConfig, used: RunConfig) -> str:
+    """', backbone BatchNorm frozen (why)' for the start-up line; '' when it trains."""
+    if not used.detector.freeze_bn:
+        return ""
+    if given.detector.freeze_bn is not None:
+        why = "detector.freeze_bn"
+    elif given.train.init_from is not None:
+        why = "as in train.init_from"
+    else:
+        why = "pretrained"
+    return f", backbone BatchNorm frozen ({why})"
 
 
 def _finished_iteration(run: Path, iters: int) -> int | None:

@@ -1,7 +1,10 @@
 """timm backbones with a torchvision FPN on top.
 
 Any timm model that supports `features_only=True` works; we pick its feature maps by stride
-so that the detector's anchor grid is the same whatever the backbone.
+so that the detector's anchor grid is the same whatever the backbone. With `freeze_bn` the
+backbone's BatchNorm layers become frozen ones (running statistics and affine as buffers, as
+in torchvision's detection references and mmdet's `norm_eval`); the FPN has no norm layers and
+the heads use GroupNorm or none, so the backbone is the only place BatchNorm lives.
 """
 
 from __future__ import annotations
@@ -9,6 +12,7 @@ from __future__ import annotations
 from collections import OrderedDict
 
 import timm
+from timm.layers import freeze_batch_norm_2d
 from torch import Tensor, nn
 from torchvision.ops import FeaturePyramidNetwork
 from torchvision.ops.feature_pyramid_network import ExtraFPNBlock, LastLevelMaxPool, LastLevelP6P7
@@ -51,9 +55,12 @@ class TimmFPN(nn.Module):
         out_channels: int,
         strides: tuple[int, ...],
         extra: str,
+        freeze_bn: bool = False,
     ) -> None:
         super().__init__()
         body = _create_timm_features(name, pretrained)
+        if freeze_bn:  # after the weights are loaded: the frozen statistics are ImageNet's
+            body = freeze_batch_norm_2d(body)
         reductions = list(body.feature_info.reduction())
         missing = [s for s in strides if s not in reductions]
         if missing:

@@ -15,6 +15,12 @@ class DetectorConfig(BaseModel):
     name: str = Field("fcos", description="registered detector name (see `ssodkit plugins`)")
     backbone: str = Field("resnet18", description="any timm model that supports features_only")
     pretrained: bool = Field(False, description="load ImageNet weights for the backbone (downloads)")
+    freeze_bn: bool | None = Field(
+        None, description="freeze the backbone's BatchNorm (running statistics and affine) as the "
+        "detection references do; null = frozen when the backbone starts from trained weights "
+        "(pretrained, or a train.init_from checkpoint that froze it); the run's config.yaml "
+        "records the value used"
+    )
     fpn_channels: int = Field(128, gt=0, description="FPN width (256 in the COCO recipes)")
     head_convs: int = Field(
         2, ge=1, le=8, description="conv layers per one-stage head branch (4 in the COCO recipes)"
@@ -30,3 +36,11 @@ class DetectorConfig(BaseModel):
     nms_thresh: float | None = Field(None, gt=0.0, le=1.0, description="None = detector default")
     detections_per_img: int = Field(100, gt=0)
     topk_candidates: int = Field(1000, gt=0, description="per-level candidates before NMS")
+
+    @property
+    def backbone_bn_frozen(self) -> bool:
+        """Whether the backbone's BatchNorm is frozen: `freeze_bn`, or `pretrained` when null.
+
+        The trainer writes the value it used into `freeze_bn` (see `resolve_freeze_bn`), so a
+        saved config and a checkpoint rebuild the same model whatever `pretrained` becomes."""
+        return self.pretrained if self.freeze_bn is None else self.freeze_bn

@@ -62,8 +62,8 @@ class FasterRCNNDetector(DetectorBase):
 
     def __init__(self, num_classes: int, cfg: DetectorConfig) -> None:
         backbone = TimmFPN(
-            cfg.backbone, pretrained=cfg.pretrained, out_channels=cfg.fpn_channels,
-            strides=TWO_STAGE_STRIDES, extra="pool",
+            cfg.backbone, pretrained=cfg.pretrained, freeze_bn=cfg.backbone_bn_frozen,
+            out_channels=cfg.fpn_channels, strides=TWO_STAGE_STRIDES, extra="pool",
         )
         super().__init__(num_classes, cfg, backbone)
         base = cfg.anchor_size or 32

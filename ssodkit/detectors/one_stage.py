@@ -47,8 +47,8 @@ class OneStageDetector(DetectorBase):
         self, num_classes: int, cfg: DetectorConfig, head: nn.Module, anchor_generator: AnchorGenerator
     ) -> None:
         backbone = TimmFPN(
-            cfg.backbone, pretrained=cfg.pretrained, out_channels=cfg.fpn_channels,
-            strides=ONE_STAGE_STRIDES, extra="p6p7",
+            cfg.backbone, pretrained=cfg.pretrained, freeze_bn=cfg.backbone_bn_frozen,
+            out_channels=cfg.fpn_channels, strides=ONE_STAGE_STRIDES, extra="p6p7",
         )
         super().__init__(num_classes, cfg, backbone)
         self.head = head

@@ -53,7 +53,9 @@ class CheckpointModel:
     weights: str  # the weights actually loaded: "teacher", or "student" when there is no teacher
 
 
-_INFERENCE_ONLY = {"pretrained", "score_thresh", "nms_thresh", "detections_per_img", "topk_candidates"}
+# Detector keys that a checkpoint's weights do not depend on: `train.init_from` may differ in them.
+# (`freeze_bn` changes which tensors train, not which exist: a frozen BatchNorm keeps the same names.)
+_WEIGHTS_AGNOSTIC = {"pretrained", "freeze_bn", "score_thresh", "nms_thresh", "detections_per_img", "topk_candidates"}
 
 
 def checkpoint_config(state: dict[str, Any], where: str) -> tuple[RunConfig, list[str]]:
@@ -69,22 +71,37 @@ def _weights_key(state: dict[str, Any], weights: str) -> str:
     return weights if state.get(weights) is not None else "student"
 
 
-def initial_weights(path: Path, cfg: RunConfig, classes: list[str]) -> dict[str, torch.Tensor]:
-    """The detector weights `train.init_from` names, checked against this run's detector
-    and classes so that a mismatch is one line, not a load_state_dict traceback."""
+def initial_weights(path: Path, cfg: RunConfig, classes: list[str]) -> tuple[RunConfig, dict[str, torch.Tensor]]:
+    """The config and detector weights of the checkpoint `train.init_from` names, checked
+    against this run's detector and classes so that a mismatch is one line, not a
+    load_state_dict traceback."""
     from ssodkit.engine.checkpoint import load_checkpoint
 
     state = load_checkpoint(path)
     source, source_classes = checkpoint_config(state, f"train.init_from = {path}")
     if source_classes != classes:
         raise ConfigError(f"train.init_from = {path}: its classes {source_classes} differ from this run's {classes}")
-    mine = cfg.detector.model_dump(exclude=_INFERENCE_ONLY)
-    theirs = source.detector.model_dump(exclude=_INFERENCE_ONLY)
+    mine = cfg.detector.model_dump(exclude=_WEIGHTS_AGNOSTIC)
+    theirs = source.detector.model_dump(exclude=_WEIGHTS_AGNOSTIC)
     differ = sorted(k for k in mine if mine[k] != theirs.get(k))
     if differ:
         pairs = ", ".join(f"{k} {theirs.get(k)!r} vs {mine[k]!r}" for k in differ)
         raise ConfigError(f"train.init_from = {path}: detector differs from this run's ({pairs})")
-    return state[_weights_key(state, "teacher")]
+    return source, state[_weights_key(state, "teacher")]
+
+
+def resolve_freeze_bn(cfg: RunConfig, init_source: RunConfig | None = None) -> RunConfig:
+    """The run config with `detector.freeze_bn: null` replaced by the value used — the one
+    place it is resolved, at start-up, so that `config.yaml` and every checkpoint record it.
+
+    Frozen when the backbone starts from trained weights: ImageNet's (`pretrained`), or, with
+    `train.init_from`, as that checkpoint's run had it (its weights replace ImageNet's, so a
+    supervised run's frozen BatchNorm stays frozen in the SSOD run that continues it)."""
+    detector = cfg.detector
+    if detector.freeze_bn is not None:
+        return cfg
+    frozen = init_source.detector.backbone_bn_frozen if init_source is not None else detector.pretrained
+    return cfg.model_copy(update={"detector": detector.model_copy(update={"freeze_bn": frozen})})
 
 
 def load_model_from_checkpoint(

@@ -42,6 +42,7 @@ from ssodkit.engine.runtime import (
     initial_weights,
     resolve_amp,
     resolve_device,
+    resolve_freeze_bn,
 )
 from ssodkit.engine.schedule import build_scheduler
 from ssodkit.errors import SsodkitError
@@ -146,9 +147,13 @@ class Trainer:
         )
         self.classes = self.data.classes
 
-        self.model = build_model(cfg, len(self.classes)).to(self.device)
+        init_source, init_weights = None, None
         if cfg.train.init_from is not None and resume is None:
-            self.model.load_state_dict(initial_weights(cfg.train.init_from, cfg, self.classes))
+            init_source, init_weights = initial_weights(cfg.train.init_from, cfg, self.classes)
+        cfg = resolve_freeze_bn(cfg, init_source)  # before the model is built
+        self.model = build_model(cfg, len(self.classes)).to(self.device)
+        if init_weights is not None:
+            self.model.load_state_dict(init_weights)
         check_capabilities(cfg.detector.name, self.model, cfg.method.name, self.method_cls.requires)
         self.cfg = cfg = resolve_for_detector(cfg, self.model)  # what config.yaml records
         self.method = self.method_cls.from_config(cfg, self.classes)
