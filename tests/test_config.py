@@ -70,6 +70,7 @@ def test_method_params_are_validated_when_the_config_is_loaded():
 def test_teacher_settings_take_the_methods_declared_defaults_unless_set():
     ut = build_config(None, None, ["method.name=unbiased_teacher"])
     assert (ut.teacher.momentum, ut.teacher.burn_in) == (4e-4, 2000)  # keep-rate 0.9996, burn-in 2000
+    assert ut.teacher.buffers == "ema"  # the official EMA runs over the whole state dict
     mine = build_config(None, None, ["method.name=unbiased_teacher", "teacher.burn_in=5"])
     assert (mine.teacher.momentum, mine.teacher.burn_in) == (4e-4, 5)
     mt = build_config(None, None, ["method.name=mean_teacher"])

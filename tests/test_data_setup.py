@@ -49,3 +49,30 @@ def test_labeled_resampling_is_the_methods_default_and_configurable(tiny_config)
     factors = labeled_repeat_factors(tiny_config(data__repeat_factor_t=0.9), dataset, None)
     assert factors == repeat_factors(train, 0.9, image_ids=dataset.image_ids)[0]
     assert max(factors) > 1.0 and len(factors) == len(dataset)
+
+
+def test_several_labeled_views_give_each_image_once_per_view_view_after_view(tiny_config, tmp_path):
+    """Unbiased Teacher's labeled batch: every image weak, then every image strong, with the
+    same boxes (the strong view continues the weak one); other methods keep one view."""
+    from ssodkit.engine.data_setup import build_train_data
+    from ssodkit.engine.distributed import DistInfo
+
+    cfg = tiny_config(method__name="unbiased_teacher")
+    data = build_train_data(cfg, tmp_path, DistInfo(), ("weak", "strong=ut_strong@weak"),
+                            labeled_views=("weak", "strong=ut_strong@weak"))
+    try:
+        labeled, unlabeled = next(data.batches(0))
+        n = cfg.train.batch_size
+        assert len(labeled) == 2 * n and len(unlabeled["weak"]) == len(unlabeled["strong"])
+        for weak, strong in zip(labeled[:n], labeled[n:]):
+            assert weak["image_id"] == strong["image_id"] and len(weak["boxes"]) > 0
+            assert torch.equal(weak["boxes"], strong["boxes"]) and torch.equal(weak["labels"], strong["labels"])
+            assert torch.equal(weak["matrix"], strong["matrix"]) and weak["image"].shape == strong["image"].shape
+            assert not torch.equal(weak["image"], strong["image"])
+    finally:
+        data.close()
+    one = build_train_data(cfg, tmp_path, DistInfo(), ())
+    try:
+        assert len(next(one.batches(0))[0]) == cfg.train.batch_size
+    finally:
+        one.close()

@@ -167,6 +167,68 @@ def test_trainer_owns_the_teacher_burn_in_copies_the_student_then_ema_moves_it_b
         trainer.close()
 
 
+def test_unbiased_teacher_trains_labeled_images_in_both_views_in_and_after_burn_in(tiny_config, monkeypatch):
+    """Official trainer: burn-in on label_data_q + label_data_k, then the same supervised batch
+    beside the pseudo-labeled strong view; the teacher averages the BatchNorm statistics too."""
+    from ssodkit.engine.trainer import Trainer
+
+    calls: list[tuple[int, bool]] = []  # (images, unsupervised?) of every student loss call
+    real_loss = ModelHandle.loss
+
+    def spy(self, images, targets, **kwargs):
+        calls.append((len(images), "image_weights" in kwargs))
+        return real_loss(self, images, targets, **kwargs)
+
+    monkeypatch.setattr(ModelHandle, "loss", spy)
+    cfg = tiny_config(method__name="unbiased_teacher", method__score_thr=0.0, teacher__burn_in=1,
+                      train__unlabeled_batch_size=2)
+    assert cfg.teacher.buffers == "ema" and cfg.method.params["labeled_views"] == "weak_strong"
+    n = cfg.train.batch_size
+    trainer = Trainer(cfg)
+    try:
+        stream = trainer.data.batches(0)
+        losses = trainer.train_step(next(stream))  # burn-in
+        assert calls == [(2 * n, False)] and not any(k.startswith("unsup") for k in losses)
+        trainer.iteration += 1
+        calls.clear()
+        t_buffers = [b.clone() for b in trainer.teacher.buffers()]
+        batch = next(stream)
+        for views in (batch[0][:n], batch[0][n:]), (batch[1]["weak"], batch[1]["strong"]):
+            for weak, strong in zip(*views):  # the strong views continue the weak ones
+                assert torch.equal(weak["matrix"], strong["matrix"]) and torch.equal(weak["boxes"], strong["boxes"])
+                assert weak["image_id"] == strong["image_id"] and not torch.equal(weak["image"], strong["image"])
+        trainer.train_step(batch)
+        assert calls == [(2 * n, False), (2, True)]  # weak + strong labeled, then the strong unlabeled view
+        floats = [(t, s, b) for t, s, b in zip(trainer.teacher.buffers(), trainer.model.buffers(), t_buffers)
+                  if t.is_floating_point()]
+        assert floats and any(not torch.equal(s, b) for _, s, b in floats)  # BatchNorm statistics moved
+        for t, s, b in floats:
+            torch.testing.assert_close(t, (1 - 4e-4) * b + 4e-4 * s)
+    finally:
+        trainer.close()
+
+    calls.clear()
+    single = Trainer(tiny_config(method__name="unbiased_teacher", method__labeled_views="labeled", teacher__burn_in=1,
+                                 train__unlabeled_batch_size=2, output__name="ut_single"))
+    try:
+        single.train_step(next(single.data.batches(0)))
+        assert calls == [(n, False)]
+    finally:
+        single.close()
+
+
+def test_unbiased_teacher_keeps_pseudo_boxes_under_erasing_mean_teacher_drops_them(tiny_config):
+    det = Detections(torch.tensor([[10.0, 10, 30, 30], [50, 50, 90, 80]]), torch.tensor([0.9, 0.8]),
+                     torch.tensor([0, 1]))
+    weak = _view_batch([torch.rand(3, 100, 100)])
+    strong = _view_batch([torch.rand(3, 100, 100)])
+    strong.extras = [{"erased": torch.tensor([[0.0, 0.0, 40.0, 40.0]])}]  # covers the first box
+    ut, _ = _method(UnbiasedTeacher, tiny_config, "unbiased_teacher")
+    mt, _ = _method(MeanTeacher, tiny_config, "mean_teacher")
+    assert ut.pseudo_labeler.project_all([det], weak, strong)[0].labels.tolist() == [0, 1]
+    assert mt.pseudo_labeler.project_all([det], weak, strong)[0].labels.tolist() == [1]
+
+
 def test_no_method_module_imports_the_engine():
     """The trainer owns the teacher: methods declare, the engine runs (no methods → engine edge)."""
     import ast

@@ -16,9 +16,13 @@ from ssodkit.views.geometry import identity_matrix, project_boxes, transform_box
 from ssodkit.views.ops import (
     ColorJitter,
     ColorTransform,
+    GaussianBlur,
     Op,
+    RandomApply,
+    RandomAreaErasing,
     RandomColorOp,
     RandomErasing,
+    RandomGrayscale,
     RandomHFlip,
     RandomResize,
     RandomRotate,
@@ -26,8 +30,10 @@ from ssodkit.views.ops import (
     RandomTranslate,
     Resize,
     ViewState,
+    area_erasing_rect,
     erase,
     rand_augment_colour_ops,
+    random_fill,
 )
 from ssodkit.views.pipelines import (
     View,
@@ -35,6 +41,7 @@ from ssodkit.views.pipelines import (
     labeled_view,
     photometric_strong_view,
     strong_view,
+    ut_strong_view,
     weak_view,
 )
 from ssodkit.views.registration import register_views
@@ -149,6 +156,10 @@ PHOTOMETRIC_OPS: list[Op] = [
     *rand_augment_colour_ops(),
     RandomColorOp(),
     ColorJitter(brightness=0.4, contrast=0.4, saturation=0.4, hue=0.1),
+    RandomApply(ColorJitter(brightness=0.4, contrast=0.4, saturation=0.4, hue=0.1), p=0.8),
+    RandomGrayscale(p=1.0),
+    GaussianBlur((0.1, 2.0)),
+    RandomAreaErasing(p=1.0, scale=(0.05, 0.2), ratio=(0.3, 3.3)),  # pixels only: boxes stay
 ]
 
 
@@ -241,7 +252,7 @@ def test_geometric_op_after_erasing_is_refused() -> None:
 
 # --- pipelines -------------------------------------------------------------------------
 
-BUILDERS = [labeled_view, eval_view, weak_view, strong_view, photometric_strong_view]
+BUILDERS = [labeled_view, eval_view, weak_view, strong_view, photometric_strong_view, ut_strong_view]
 
 
 def sample() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -308,6 +319,122 @@ def test_photometric_strong_view_keeps_the_weak_geometry() -> None:
     assert torch.equal(strong.boxes, weak.boxes[kept])
 
 
+# --- Unbiased Teacher's strong view ----------------------------------------------------
+
+OFF = {"color_jitter_p": 0.0, "grayscale_p": 0.0, "blur_p": 0.0}
+
+
+def ut_cfg(**ut_strong) -> ViewConfig:
+    return ViewConfig(ut_strong=ut_strong)
+
+
+def test_ut_strong_view_defaults_are_the_official_build_strong_augmentation() -> None:
+    """facebookresearch/unbiased-teacher, ubteacher/data/detection_utils.py."""
+    ops = ut_strong_view().ops
+    assert [type(op).__name__ for op in ops] == [
+        "RandomApply", "RandomGrayscale", "RandomApply",
+        "RandomAreaErasing", "RandomAreaErasing", "RandomAreaErasing",
+    ]  # fmt: skip
+    assert ops[0] == RandomApply(ColorJitter(0.4, 0.4, 0.4, 0.1), 0.8)
+    assert ops[1] == RandomGrayscale(0.2)
+    assert ops[2] == RandomApply(GaussianBlur((0.1, 2.0)), 0.5)
+    assert ops[3:] == (
+        RandomAreaErasing(0.7, (0.05, 0.2), (0.3, 3.3)),
+        RandomAreaErasing(0.5, (0.02, 0.2), (0.1, 6.0)),
+        RandomAreaErasing(0.3, (0.02, 0.2), (0.05, 8.0)),
+    )
+    assert all(op.drop_covered is None for op in ops[3:])  # the official code drops no box
+
+
+def test_ut_strong_view_has_the_weak_geometry_and_boxes_and_only_new_pixels() -> None:
+    changed = erased = 0
+    for seed in range(12):
+        weak = weak_view()(*sample(), gen(seed))
+        strong = ut_strong_view().from_state(weak, gen(100 + seed))
+        assert strong.size == weak.size and torch.equal(strong.matrix, weak.matrix)
+        assert torch.equal(strong.boxes, weak.boxes) and torch.equal(strong.labels, weak.labels)
+        changed += not torch.equal(strong.image, weak.image)
+        erased += len(strong.erased) > 0
+    assert changed == 12 and 0 < erased < 12  # erasing happens with p 0.7 / 0.5 / 0.3
+
+
+def test_ut_strong_view_with_its_ops_off_is_the_weak_view_pixel_for_pixel() -> None:
+    no_erasing = [{"p": 0.0, "scale": (0.02, 0.2), "ratio": (0.1, 6.0)}]
+    for seed in range(5):
+        weak = weak_view()(*sample(), gen(seed))
+        same = ut_strong_view(ut_cfg(**OFF, erasing=no_erasing)).from_state(weak, gen(50 + seed))
+        assert outputs_equal(same, weak)
+        # each op alone changes pixels and nothing else
+        for on in ({"color_jitter_p": 1.0}, {"grayscale_p": 1.0}, {"blur_p": 1.0}):
+            out = ut_strong_view(ut_cfg(**{**OFF, **on}, erasing=[])).from_state(weak, gen(50 + seed))
+            assert not torch.equal(out.image, weak.image), on
+            assert torch.equal(out.boxes, weak.boxes) and torch.equal(out.matrix, weak.matrix)
+
+
+def test_weak_pseudo_boxes_reach_the_ut_strong_view_unchanged() -> None:
+    """The projection M_s · M_w⁻¹ is the identity: no box moves, none is dropped."""
+    from ssodkit.detectors.protocol import Detections
+    from ssodkit.pseudo.labels import project_detections
+
+    for seed in range(5):
+        weak = weak_view()(*sample(), gen(seed))
+        strong = ut_strong_view(ut_cfg(erasing=[{"p": 1.0, "scale": (0.2, 0.2), "ratio": (1.0, 1.0)}] * 3)).from_state(
+            weak, gen(seed)
+        )
+        assert len(strong.erased) == 3
+        det = Detections(weak.boxes, torch.ones(len(weak.boxes)), weak.labels)
+        out = project_detections(det, weak.matrix, strong.matrix, strong.size, strong.erased, None)
+        torch.testing.assert_close(out.boxes, weak.boxes, atol=1e-4, rtol=0)
+        assert torch.equal(out.labels, weak.labels)
+
+
+def test_area_erasing_fills_with_noise_keeps_boxes_and_follows_torchvision_shapes() -> None:
+    image = torch.full((3, 60, 80), 90, dtype=torch.uint8)
+    state = ViewState(image, torch.tensor([[0.0, 0.0, 80.0, 60.0]]), torch.tensor([4]))
+    op = RandomAreaErasing(p=1.0, scale=(0.05, 0.2), ratio=(0.3, 3.3))
+    for seed in range(20):
+        out = op(state, gen(seed))
+        assert len(out.erased) == 1
+        x1, y1, x2, y2 = out.erased[0].int().tolist()
+        h, w = y2 - y1, x2 - x1
+        assert 0.05 * 4800 * 0.5 <= h * w <= 0.2 * 4800 * 1.5 and 0 < h < 60 and 0 < w < 80
+        assert 0.3 / 1.5 <= h / w <= 3.3 * 1.5
+        patch = out.image[:, y1:y2, x1:x2]
+        assert patch.unique().numel() > 50  # noise, not one fill value
+        outside = out.image.clone()
+        outside[:, y1:y2, x1:x2] = 90
+        assert (outside == 90).all()  # nothing else touched
+        assert torch.equal(out.boxes, state.boxes)  # kept though erased (official)
+    assert RandomAreaErasing(p=0.0, scale=(0.05, 0.2), ratio=(0.3, 3.3))(state, gen(0)) is state
+    dropping = RandomAreaErasing(p=1.0, scale=(0.2, 0.2), ratio=(1.0, 1.0), drop_covered=0.5)
+    small = ViewState(image, torch.tensor([[0.0, 0.0, 80.0, 60.0], [0.0, 0.0, 1.0, 1.0]]), torch.tensor([0, 1]))
+    out = dropping(small, gen(0))
+    covered = covered_fraction(small.boxes, out.image[0] != 90)
+    assert out.labels.tolist() == [lab for lab, c in zip([0, 1], covered.tolist()) if c < 0.5]
+
+
+def test_area_erasing_draws_as_torchvision_and_gives_up_after_ten_tries() -> None:
+    for seed in range(50):
+        i, j, h, w = area_erasing_rect((60, 80), gen(seed), (0.02, 0.2), (0.1, 6.0))
+        assert 0 <= i <= 60 - h and 0 <= j <= 80 - w and h < 60 and w < 80
+    assert area_erasing_rect((10, 10), gen(0), (0.99, 1.0), (1.0, 1.0)) is None  # never fits
+
+
+def test_random_fill_is_the_official_noise_after_to_pil_image() -> None:
+    """N(0, 1) on a [0, 1] image, then ToPILImage's `mul(255).byte()`, which on x86 truncates
+    toward zero and wraps modulo 256 (written here through int32, whose cast is defined)."""
+    noise = torch.empty(3, 40, 50).normal_(generator=gen(5))
+    assert torch.equal(random_fill((3, 40, 50), gen(5)), noise.mul(255).to(torch.int32).to(torch.uint8))
+    counts = torch.bincount(random_fill((3, 100, 100), gen(6)).flatten().long(), minlength=256)
+    assert counts.min() > 0 and counts.max() < 3 * counts.float().mean()  # nearly uniform bytes
+
+
+def test_gaussian_blur_fits_small_images() -> None:
+    tiny = ViewState(torch.randint(0, 256, (3, 3, 4), dtype=torch.uint8, generator=gen(0)), torch.zeros(0, 4), torch.zeros(0, dtype=torch.int64))
+    for seed in range(5):
+        assert GaussianBlur((1.5, 2.0))(tiny, gen(seed)).image.shape == (3, 3, 4)
+
+
 def test_strong_view_without_augment_ops_is_scale_flip_erase() -> None:
     view = strong_view(ViewConfig(strong_color=False, strong_geometric=False))
     assert [type(op).__name__ for op in view.ops] == ["RandomResize", "RandomHFlip", "RandomErasing"]
@@ -318,7 +445,7 @@ def test_builtin_views_register_through_the_hook() -> None:
     register_views(register=registered.__setitem__)
     assert registered == {
         "labeled": labeled_view, "eval": eval_view, "weak": weak_view,
-        "strong": strong_view, "photometric_strong": photometric_strong_view,
+        "strong": strong_view, "photometric_strong": photometric_strong_view, "ut_strong": ut_strong_view,
     }  # fmt: skip
 
 
@@ -335,6 +462,11 @@ def test_builtin_views_register_through_the_hook() -> None:
         ({"max_size": 0}, "greater than 0"),
         ({"shear_max_deg": 90}, "less than 90"),
         ({"colour_jitter": 0.1}, "Extra inputs are not permitted"),
+        ({"ut_strong": {"blur_sigma": (2.0, 0.1)}}, "blur_sigma must be (min, max)"),
+        ({"ut_strong": {"color_jitter": (0.4, 0.4, 0.4, 0.6)}}, "hue <= 0.5"),
+        ({"ut_strong": {"erasing": [{"p": 0.5, "scale": (0.02, 1.5), "ratio": (0.1, 6)}]}}, "<= 1"),
+        ({"ut_strong": {"erasing": [{"p": 0.5, "scale": (0.02, 0.2), "ratio": (0.0, 6)}]}}, "ratio must be positive"),
+        ({"ut_strong": {"grayscale": 0.2}}, "Extra inputs are not permitted"),
     ],
 )
 def test_view_config_rejects_bad_values_with_a_clear_message(override: dict, message: str) -> None:

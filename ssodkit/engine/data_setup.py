@@ -119,14 +119,15 @@ def parse_view_spec(spec: str) -> tuple[str, str, str | None]:
 
 
 class MultiViewDataset(Dataset):
-    """Each unlabeled image through several named views, decoded once.
+    """Each image through several named views, decoded once.
 
     Views draw independent randomness, except a view declared as continuing another
     (`"strong=photometric_strong@weak"`), which starts from that view's output and so keeps
-    its geometry (SED's strong view shares the weak view's).
+    its geometry (SED's and Unbiased Teacher's strong views share the weak view's). The base
+    is an unlabeled data set, or a labeled one whose boxes the views then carry.
     """
 
-    def __init__(self, base: UnlabeledDataset, views: dict[str, tuple[Any, str | None]]) -> None:
+    def __init__(self, base: UnlabeledDataset | LabeledDataset, views: dict[str, tuple[Any, str | None]]) -> None:
         self.base = base
         self.views = views
 
@@ -152,6 +153,21 @@ class MultiViewDataset(Dataset):
         return samples
 
 
+def build_multi_view(base: UnlabeledDataset | LabeledDataset, specs: tuple[str, ...], cfg: RunConfig) -> MultiViewDataset:
+    """`base` (read through the identity view) through the views named by `specs`."""
+    views = {}
+    for spec in specs:
+        key, view, source = parse_view_spec(spec)
+        views[key] = (build_view(view, cfg.views), source)
+    return MultiViewDataset(base, views)
+
+
+def view_after_view(samples: list[dict[str, Any]]) -> list[Any]:
+    """Multi-view samples as one list: every sample's first view, then every second view…
+    (the labeled batch of a method with several labeled views)."""
+    return [s[key] for key in samples[0] for s in samples] if samples else []
+
+
 def samples_to_batch(samples: list[dict[str, Any]], device: torch.device) -> ViewBatch:
     return ViewBatch(
         images=[s["image"].to(device, non_blocking=True).float().div_(255.0) for s in samples],
@@ -167,7 +183,7 @@ class TrainData:
     cfg: RunConfig
     dist: DistInfo
     sources: DataSources
-    train_dataset: LabeledDataset
+    train_dataset: LabeledDataset | MultiViewDataset  # the latter for several labeled views
     unlabeled_dataset: MultiViewDataset | None
     val_dataset: Guarded | None  # an EvalDataset whose unreadable images go to `unreadable`
     repeat_factors: list[float] | None = None  # Labeled Resampling, one per labeled image
@@ -232,6 +248,8 @@ class TrainData:
             )
         while True:
             lab = self._readable(self.train_dataset, next(labeled), "labeled")
+            if isinstance(self.train_dataset, MultiViewDataset):
+                lab = view_after_view(lab)
             if unlabeled is None:
                 yield lab, None
             else:
@@ -292,25 +310,26 @@ def labeled_repeat_factors(cfg: RunConfig, dataset: LabeledDataset, default_t: f
 def build_train_data(
     cfg: RunConfig, run_dir: Path, dist: DistInfo, unlabeled_views: tuple[str, ...],
     default_repeat_factor_t: float | None = None, remedy: str = SKIP_INVALID_REMEDY,
+    labeled_views: tuple[str, ...] = ("labeled",),
 ) -> TrainData:
+    """The run's data; `labeled_views` / `unlabeled_views` are the method's view specs
+    (`Method.labeled_views`, `Method.unlabeled_views`)."""
+    from ssodkit.data.datasets import identity_view
+
     need_unlabeled = bool(unlabeled_views)
     sources = resolve_sources(cfg, run_dir, dist, need_unlabeled, remedy)
-    labeled_view = build_view("labeled", cfg.views)
-    train_dataset = LabeledDataset(sources.train, labeled_view)
-    if len(train_dataset) == 0:
+    labeled = LabeledDataset(sources.train, build_view("labeled", cfg.views))
+    if len(labeled) == 0:
         raise DataError(f"{sources.train.source}: no image with a (non-crowd) box to train on")
+    train_dataset: LabeledDataset | MultiViewDataset = labeled
+    if tuple(labeled_views) != ("labeled",):  # the one `labeled` view keeps its own draws
+        train_dataset = build_multi_view(LabeledDataset(sources.train, identity_view), labeled_views, cfg)
     unlabeled_dataset = None
     if need_unlabeled and sources.unlabeled is not None:
-        from ssodkit.data.datasets import identity_view
-
-        views = {}
-        for spec in unlabeled_views:
-            key, view, source = parse_view_spec(spec)
-            views[key] = (build_view(view, cfg.views), source)
-        unlabeled_dataset = MultiViewDataset(UnlabeledDataset(sources.unlabeled, identity_view), views)
+        unlabeled_dataset = build_multi_view(UnlabeledDataset(sources.unlabeled, identity_view), unlabeled_views, cfg)
     unreadable = UnreadableImages(strict=cfg.data.strict_images)
     val_dataset = None
     if sources.val is not None:
         val_dataset = Guarded(EvalDataset(sources.val, build_view("eval", cfg.views)), unreadable.record)
-    factors = labeled_repeat_factors(cfg, train_dataset, default_repeat_factor_t)
+    factors = labeled_repeat_factors(cfg, labeled, default_repeat_factor_t)
     return TrainData(cfg, dist, sources, train_dataset, unlabeled_dataset, val_dataset, factors, unreadable)

@@ -141,9 +141,10 @@ class Trainer:
         remedy = SKIP_INVALID_REMEDY  # --resume takes no option: the run's own config is the way
         if resume is not None:
             remedy = f" (set data.skip_invalid: true in {resume / 'config.yaml'} to drop them, or fix the file)"
+        params = self.method_cls.Params.model_validate(cfg.method.params)  # resolved: valid
         self.data: TrainData = build_train_data(
             cfg, self.run_dir, self.dist, self.method_cls.unlabeled_views,
-            self.method_cls.default_repeat_factor_t, remedy,
+            self.method_cls.default_repeat_factor_t, remedy, self.method_cls.labeled_views(params),
         )
         self.classes = self.data.classes
 

@@ -125,6 +125,14 @@ class Method:
         return cls(params, cfg, class_names)
 
     @classmethod
+    def labeled_views(cls, params: BaseModel) -> tuple[str, ...]:
+        """View pipelines each labeled image gets, as specs like `unlabeled_views`'
+        (`"strong=ut_strong@weak"` continues the weak view's output). With several, the
+        step's labeled batch holds every image once per view, view after view (so twice
+        `train.batch_size` images for two views); the default is the one `labeled` view."""
+        return ("labeled",)
+
+    @classmethod
     def check_config(cls, cfg: RunConfig, params: BaseModel) -> None:
         """Refuse settings that contradict the rest of the run, when the config is loaded
         (before any data is read); raise `ConfigError` with one line."""

@@ -41,7 +41,9 @@ class PseudoLabelParams(BaseModel):
         description="pseudo-label filters in order (ssodkit plugins lists them; e.g. add class_agnostic_nms)",
     )
     agnostic_nms_iou: float = Field(AGNOSTIC_NMS_IOU, gt=0, le=1, description="IoU of the class_agnostic_nms filter")
-    drop_covered: float = Field(DROP_COVERED, ge=0, le=1, description="drop pseudo boxes this much erased")
+    drop_covered: float | None = Field(
+        DROP_COVERED, ge=0, le=1, description="drop pseudo boxes this much erased; null keeps them all"
+    )
     empty_images: EmptyImages = Field(
         "per_image",
         description="what an image left with no pseudo box does: adds no unsupervised loss (per_image); "

@@ -42,15 +42,16 @@ def project_detections(
     m_to: Tensor,
     size_to: tuple[int, int],
     erased: Tensor | None = None,
-    drop_covered: float = DROP_COVERED,
+    drop_covered: float | None = DROP_COVERED,
 ) -> Detections:
     """Move detections into another view (`M_to · M_from⁻¹`, clip, drop degenerate), then
-    drop boxes that the target view's random erasing covers by at least `drop_covered`."""
+    drop boxes that the target view's random erasing covers by at least `drop_covered`
+    (None: keep them all)."""
     device = det.boxes.device
     boxes, keep = project_boxes(det.boxes.detach().cpu(), m_from.cpu(), m_to.cpu(), size_to)
     out = det[keep.to(device)]
     out.boxes = boxes.to(device=device, dtype=torch.float32)
-    if erased is not None and erased.numel() and len(out):
+    if drop_covered is not None and erased is not None and erased.numel() and len(out):
         out = out[visible(out.boxes, erased, size_to, drop_covered)]
     return out
 

@@ -20,6 +20,7 @@ _EXPORTS = {
     "project_boxes": "geometry",
     "strong_view": "pipelines",
     "transform_boxes": "geometry",
+    "ut_strong_view": "pipelines",
     "weak_view": "pipelines",
 }
 

@@ -26,10 +26,16 @@ TranslateX / TranslateY   uniform in [-0.1, 0.1] of the side, rounded to whole p
 RandomErasing             1–5 patches, each side ≤ 0.2 of the image side; boxes ≥ 70 %
                           covered by the union of patches are dropped
 ========================  ===============================================================
+
+Unbiased Teacher's strong view (``ut_strong`` in ``views.pipelines``) is built from
+:class:`RandomApply`, :class:`ColorJitter`, :class:`RandomGrayscale`, :class:`GaussianBlur`
+and :class:`RandomAreaErasing` (torchvision's RandomErasing), with the official values of
+``ubteacher/data/detection_utils.py`` (see ``views.config.UTStrongConfig``).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import ClassVar, Literal, Protocol
@@ -444,3 +450,113 @@ def erase(state: ViewState, rects: Tensor, fill: int, drop_covered: float) -> Vi
         state, image=blank(state.image, rects, fill), boxes=state.boxes[keep],
         labels=state.labels[keep], erased=erased,
     )
+
+
+# --- Unbiased Teacher's strong view (SimCLR-style, torchvision's transforms) -------------
+
+
+@dataclass(frozen=True)
+class RandomApply:
+    """Apply ``op`` with probability ``p`` (torchvision's ``RandomApply`` of one transform)."""
+
+    op: Op
+    p: float
+
+    def __call__(self, state: ViewState, g: torch.Generator) -> ViewState:
+        return self.op(state, g) if coin(g, self.p) else state
+
+
+@dataclass(frozen=True)
+class RandomGrayscale:
+    """Grey in all three channels with probability ``p`` (torchvision's ``RandomGrayscale``)."""
+
+    p: float = 0.2
+
+    def __call__(self, state: ViewState, g: torch.Generator) -> ViewState:
+        if not coin(g, self.p):
+            return state
+        return state.with_image(F.rgb_to_grayscale(state.image, num_output_channels=3))
+
+
+@dataclass(frozen=True)
+class GaussianBlur:
+    """Gaussian blur with σ uniform in ``sigma`` (px), the kernel reaching ±3σ.
+
+    The official Unbiased Teacher blurs with PIL's ``ImageFilter.GaussianBlur(radius=σ)``,
+    whose radius is the standard deviation (PIL approximates the Gaussian with box blurs);
+    here it is torchvision's ``gaussian_blur`` (reflect padding at the borders).
+    """
+
+    sigma: tuple[float, float] = (0.1, 2.0)
+
+    def __call__(self, state: ViewState, g: torch.Generator) -> ViewState:
+        s = uniform(g, *self.sigma)
+        radius = min(math.ceil(3 * s), min(state.size) - 1)  # reflect padding needs pad < side
+        if radius < 1 or s <= 0:
+            return state
+        k = 2 * radius + 1
+        return state.with_image(F.gaussian_blur(state.image, [k, k], [s, s]))
+
+
+def random_fill(shape: tuple[int, int, int], g: torch.Generator) -> Tensor:
+    """The pixels torchvision's ``RandomErasing(value="random")`` leaves in the official
+    Unbiased Teacher pipeline, as uint8.
+
+    There the patch gets N(0, 1) noise on a [0, 1] float image, which ``ToPILImage`` turns
+    back into bytes with ``mul(255).byte()``: truncated toward zero and wrapped modulo 256
+    (what torch's float → uint8 cast does), so nearly uniform bytes, independent per pixel
+    and channel. Written out here because that cast is undefined in C++ for values outside
+    [0, 255]."""
+    z = torch.empty(shape, dtype=torch.float32).normal_(generator=g)
+    return (z * 255).to(torch.int64).remainder(256).to(torch.uint8)
+
+
+def area_erasing_rect(
+    size: tuple[int, int], g: torch.Generator, scale: tuple[float, float], ratio: tuple[float, float]
+) -> tuple[int, int, int, int] | None:
+    """torchvision's ``RandomErasing`` draw: ``(i, j, h, w)`` of one rectangle whose area is
+    ``U(scale)`` of the image and whose aspect ratio h/w is log-uniform in ``ratio``; ten
+    tries to fit it strictly inside the image, else None (nothing is erased)."""
+    img_h, img_w = size
+    area = img_h * img_w
+    log_lo, log_hi = math.log(ratio[0]), math.log(ratio[1])
+    for _ in range(10):
+        erase_area = area * uniform(g, *scale)
+        aspect = math.exp(uniform(g, log_lo, log_hi))
+        h = int(round(math.sqrt(erase_area * aspect)))
+        w = int(round(math.sqrt(erase_area / aspect)))
+        if h < img_h and w < img_w:
+            return randint(g, 0, img_h - h), randint(g, 0, img_w - w), h, w
+    return None
+
+
+@dataclass(frozen=True)
+class RandomAreaErasing:
+    """torchvision's ``RandomErasing(p, scale, ratio, value="random")`` with every draw from
+    the generator: with probability ``p`` one rectangle (:func:`area_erasing_rect`) is filled
+    with :func:`random_fill` noise and recorded in ``state.erased``.
+
+    Boxes are kept however much they are erased (the official Unbiased Teacher applies its
+    strong augmentation to the pixels only) unless ``drop_covered`` is set: then boxes that
+    the union of the view's erased rectangles covers at least that much are dropped.
+    """
+
+    p: float
+    scale: tuple[float, float]
+    ratio: tuple[float, float]
+    drop_covered: float | None = None
+
+    def __call__(self, state: ViewState, g: torch.Generator) -> ViewState:
+        if not coin(g, self.p):
+            return state
+        drawn = area_erasing_rect(state.size, g, self.scale, self.ratio)
+        if drawn is None or 0 in drawn[2:]:  # no room, or a patch that rounds to nothing
+            return state
+        i, j, h, w = drawn
+        image = F.erase(state.image, i, j, h, w, random_fill((int(state.image.shape[0]), h, w), g))
+        erased = torch.cat([state.erased, torch.tensor([[j, i, j + w, i + h]], dtype=torch.float32)])
+        out = replace(state, image=image, erased=erased)
+        if self.drop_covered is None:
+            return out
+        keep = visible(state.boxes, erased, state.size, self.drop_covered)
+        return replace(out, boxes=state.boxes[keep], labels=state.labels[keep])

@@ -15,10 +15,14 @@ from torch import Tensor
 from ssodkit.views.config import ViewConfig
 from ssodkit.views.ops import (
     ColorJitter,
+    GaussianBlur,
     Op,
+    RandomApply,
+    RandomAreaErasing,
     RandomColorOp,
     RandomErasing,
     RandomGeometricOp,
+    RandomGrayscale,
     RandomHFlip,
     RandomOrder,
     RandomResize,
@@ -119,3 +123,23 @@ def photometric_strong_view(cfg: ViewConfig | None = None) -> View:
     cfg = _config(cfg)
     ops: list[Op] = [RandomColorOp()] if cfg.strong_color else []
     return View((*ops, _erasing(cfg)))
+
+
+def ut_strong_view(cfg: ViewConfig | None = None) -> View:
+    """Unbiased Teacher's strong view: the weak view's image plus photometric ops only.
+
+    Colour jitter (p 0.8), greyscale (p 0.2), Gaussian blur (p 0.5), then three random
+    erasings with noise fill (``views.ut_strong``; defaults are the official
+    ``build_strong_augmentation``). Call ``view.from_state(weak_output, generator)``: the
+    matrix stays the weak view's, so pseudo boxes move by the identity, and boxes are kept
+    however much they are erased, as in the official code.
+    """
+    u = _config(cfg).ut_strong
+    brightness, contrast, saturation, hue = u.color_jitter
+    ops: list[Op] = [
+        RandomApply(ColorJitter(brightness, contrast, saturation, hue), u.color_jitter_p),
+        RandomGrayscale(u.grayscale_p),
+        RandomApply(GaussianBlur(u.blur_sigma), u.blur_p),
+    ]
+    ops += [RandomAreaErasing(e.p, e.scale, e.ratio) for e in u.erasing]
+    return View(tuple(ops))

@@ -12,6 +12,7 @@ def register_views(register: Register) -> None:
         labeled_view,
         photometric_strong_view,
         strong_view,
+        ut_strong_view,
         weak_view,
     )
 
@@ -20,3 +21,4 @@ def register_views(register: Register) -> None:
     register("weak", weak_view)
     register("strong", strong_view)
     register("photometric_strong", photometric_strong_view)
+    register("ut_strong", ut_strong_view)
