@@ -12,7 +12,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from ssodkit.detectors.config import DetectorConfig
 from ssodkit.errors import ConfigError
@@ -129,8 +136,9 @@ class TrainConfig(_Section):
     seed: int = 0
     log_interval: int = Field(10, gt=0)
     init_from: Path | None = Field(
-        None, description="start from this checkpoint's detector weights (teacher if it has one); "
-        "optimiser, schedule and iteration start fresh — e.g. SSOD from a supervised run"
+        None, description="start from this checkpoint's detector weights (the ones inference uses: the model "
+        "a best.pt records as the better one, else the teacher, else the student); optimiser, schedule and "
+        "iteration start fresh — e.g. SSOD from a supervised run"
     )
     checkpoint_interval: int = Field(200, gt=0)
     deterministic: bool = False

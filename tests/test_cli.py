@@ -46,6 +46,7 @@ def test_train_ends_with_the_map_table_and_a_run_folder(trained_run):
     run, result = trained_run
     assert "val COCO bbox" in result.output and "AP50" in result.output
     assert (run / "checkpoints" / "best.pt").is_file()
+    assert "best.pt: student at iter 2 (mAP " in result.stdout  # no teacher: the student's
     assert "supervised" in (run / "config.yaml").read_text()
 
 

@@ -226,7 +226,7 @@ def test_teacher_is_the_default_and_student_the_fallback(ckpt, teacher_ckpt, tin
         (["--images", "{tmp}/no_such_dir"], "no_such_dir: images path not found"),
         (["--format", "yolo"], "unknown format 'yolo'; valid: coco, results"),
         (["--format", "coc"], "Did you mean 'coco'?"),
-        (["--weights", "ema"], "unknown weights 'ema'; valid: student, teacher"),
+        (["--weights", "ema"], "unknown weights 'ema'; valid: auto, student, teacher"),
         (["--score-thr", "1.5"], "--score-thr 1.5: must be between 0 and 1"),
         (["--score-thr", "-0.1"], "--score-thr -0.1: must be between 0 and 1"),
         (["--batch-size", "0"], "--batch-size 0: must be at least 1"),

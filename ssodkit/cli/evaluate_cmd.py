@@ -41,10 +41,19 @@ def evaluate(
         typer.Option("--out", help="Write the metrics JSON here (and, with --checkpoint, the results)."),
     ] = None,
     per_class: Annotated[bool, typer.Option("--per-class/--no-per-class", help="Show AP per class.")] = True,
+    weights: Annotated[
+        str,
+        typer.Option(
+            "--weights",
+            help="With --checkpoint: auto (best.pt's better model, else the teacher, else the student), "
+            "teacher or student.",
+        ),
+    ] = "auto",
 ) -> None:
     """Score detections with the COCO box metrics (AP, AP50, AP75, APs/m/l, AR)."""
     if (predictions is None) == (checkpoint is None):
         raise SsodkitError("give exactly one of --predictions PATH or --checkpoint PATH")
+    used = None
     if predictions is not None:
         from ssodkit.evaluation.coco_eval import evaluate_results_file
 
@@ -52,15 +61,20 @@ def evaluate(
         source = predictions.name
     else:
         from ssodkit.engine.predict import evaluate_checkpoint
+        from ssodkit.engine.runtime import WEIGHTS
+        from ssodkit.errors import unknown_name
 
-        result = evaluate_checkpoint(
-            checkpoint=checkpoint, ann=ann, images=images, backend=backend.value, out=out
+        if weights not in WEIGHTS:
+            raise unknown_name("weights", weights, WEIGHTS)
+        scored = evaluate_checkpoint(
+            checkpoint=checkpoint, ann=ann, images=images, backend=backend.value, out=out, weights=weights
         )
-        source = checkpoint.name
-    _show(result, f"COCO bbox: {source}", per_class=per_class)
+        result, source = scored.result, checkpoint.name
+        used = scored.weights + (f" ({scored.note})" if scored.note else "")
+    _show(result, f"COCO bbox: {source}", per_class=per_class, weights=used)
 
 
-def _show(result: Any, title: str, *, per_class: bool) -> None:
+def _show(result: Any, title: str, *, per_class: bool, weights: str | None = None) -> None:
     from ssodkit.cli.tables import per_class_table, results_table
 
     stdout = console()
@@ -68,5 +82,7 @@ def _show(result: Any, title: str, *, per_class: bool) -> None:
     stdout.print(
         f"{result.num_images} images, {result.num_detections} detections, backend {result.backend}"
     )
+    if weights is not None:
+        stdout.print(f"weights: {weights}", markup=False)
     if per_class and result.per_class:
         stdout.print(per_class_table(result))

@@ -14,9 +14,10 @@ MAX_LISTED_SKIPS = 5
 
 HELP = """Pseudo-label unlabeled images with a trained checkpoint, for offline self-training.
 
-Runs the checkpoint's teacher (its student if it has no teacher, or with --weights student)
-on the eval view of the checkpoint's config, keeps detections with score > --score-thr and
-writes them with boxes in original-image pixels.
+Runs the model a best.pt records as the better of teacher and student at the evaluation
+that saved it, else the checkpoint's teacher, else its student (--weights teacher or student
+chooses), on the eval view of the checkpoint's config, keeps detections with score >
+--score-thr and writes them with boxes in original-image pixels.
 
 Examples:
   ssodkit pseudolabel --checkpoint runs/mt/checkpoints/best.pt \\
@@ -51,8 +52,13 @@ def pseudolabel(
     ] = 0.5,
     fmt: Annotated[str, typer.Option("--format", help="results (COCO results list) or coco (COCO dataset).")] = "results",
     weights: Annotated[
-        str, typer.Option("--weights", help="teacher (falls back to student if absent) or student.")
-    ] = "teacher",
+        str,
+        typer.Option(
+            "--weights",
+            help="auto (best.pt's better model, else the teacher), teacher (falls back to student if absent) "
+            "or student.",
+        ),
+    ] = "auto",
     batch_size: Annotated[int, typer.Option("--batch-size", help="Images per forward pass.")] = 8,
     device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N.")] = "auto",
     image_root: Annotated[
@@ -73,7 +79,8 @@ def pseudolabel(
     if result.teacher_missing:
         stdout.print(f"weights: student ({escape(checkpoint.name)} has no teacher)")
     else:
-        stdout.print(f"weights: {result.weights}")
+        note = f" ({result.weights_note})" if result.weights_note else ""
+        stdout.print(f"weights: {result.weights}{escape(note)}")
     n_boxes = len(result.entries)
     stdout.print(
         f"pseudo-labelled {result.n_predicted}/{result.n_images} images: {n_boxes} boxes "

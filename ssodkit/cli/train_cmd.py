@@ -104,6 +104,7 @@ def train(
     from ssodkit.cli.output import console
     from ssodkit.cli.tables import per_class_table, results_table
     from ssodkit.config import build_config, load_saved_config
+    from ssodkit.engine.checkpoint import better_role
     from ssodkit.engine.trainer import Trainer
 
     given = {key: value for key, value in locals().items() if key in FLAG_KEYS and value is not None}
@@ -135,9 +136,11 @@ def train(
             results = console()
             for role, result in summary.final.items():
                 results.print(results_table(result, title=f"{role} — val COCO bbox (iter {summary.final_iter})"))
-            primary = summary.final.get("teacher") or summary.final.get("student")
+            primary = better_role({role: r.map for role, r in summary.final.items()})
             if primary is not None:
-                results.print(per_class_table(primary))
+                results.print(per_class_table(summary.final[primary]))
+            if summary.best_eval is not None:  # the model evaluate / pseudolabel on best.pt use
+                results.print(f"best.pt: {summary.best_eval.describe()}", markup=False)
             unreadable = trainer.data.unreadable.summary()
             results.print(
                 f"{summary.status}: {summary.iterations} iterations, {summary.sec_per_iter:.2f} s/it, "

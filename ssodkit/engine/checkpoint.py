@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import re
 import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +17,58 @@ from ssodkit.rng import rng_state, set_rng_state  # noqa: F401 - saved in every 
 
 CHECKPOINT_VERSION = 1
 MAX_REASON_CHARS = 120
+ROLES = ("teacher", "student")  # on equal mAP the teacher wins, as it did before the student competed
+
+
+def better_role(maps: Mapping[str, float | None]) -> str | None:
+    """The model of an evaluation with the higher mAP (the teacher on a tie; a missing mAP
+    counts as −1), None when neither was evaluated."""
+    present = [role for role in ROLES if role in maps]
+    if not present:
+        return None
+    return max(present, key=lambda role: -1.0 if maps[role] is None else maps[role])
+
+
+@dataclass(frozen=True)
+class BestEval:
+    """The evaluation `best.pt` was saved at: the model that scored higher there (`role`,
+    the weights inference on best.pt uses) and the mAP of every model evaluated.
+
+    Every checkpoint carries it as `best_eval` (so that a resumed run goes on comparing and
+    reporting); best.pt also carries `best_role`, which says its weights are the ones that
+    were evaluated. Checkpoints written before the student competed have neither.
+    """
+
+    iteration: int
+    role: str
+    maps: dict[str, float | None]
+
+    @property
+    def map(self) -> float | None:
+        return self.maps.get(self.role)
+
+    def scores(self) -> str:
+        """`mAP 31.2; teacher 30.4`: the winner's mAP, then the other model's."""
+        others = [f"{role} {_pct(m)}" for role, m in self.maps.items() if role != self.role]
+        return "; ".join([f"mAP {_pct(self.map)}", *others])
+
+    def describe(self) -> str:
+        """`student at iter 3000 (mAP 31.2; teacher 30.4)`."""
+        return f"{self.role} at iter {self.iteration} ({self.scores()})"
+
+    def to_state(self) -> dict[str, Any]:
+        return {"iter": self.iteration, "role": self.role, "map": dict(self.maps)}
+
+    @classmethod
+    def from_state(cls, state: Any) -> BestEval | None:
+        """The record of a checkpoint's `best_eval` entry; None for an old checkpoint."""
+        if not isinstance(state, dict) or state.get("role") not in ROLES:
+            return None
+        return cls(int(state["iter"]), str(state["role"]), dict(state.get("map") or {}))
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{100.0 * value:.1f}"
 
 
 def save_checkpoint(state: dict[str, Any], path: Path) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,11 @@ from ssodkit.data.datasets import Guarded, Unreadable, ignore_sigint
 from ssodkit.detectors.protocol import Detections
 from ssodkit.engine.distributed import DistInfo, all_gather_objects
 from ssodkit.errors import DataError
-from ssodkit.evaluation.coco_eval import EvalResult, detections_to_results, evaluate_coco
+from ssodkit.evaluation.coco_eval import (
+    EvalResult,
+    detections_to_results,
+    evaluate_coco,
+)
 from ssodkit.views.geometry import identity_matrix, project_boxes
 
 
@@ -152,20 +157,31 @@ def evaluate_model(
     return evaluate_coco(gt, results, backend=backend, image_ids=image_ids), results
 
 
+@dataclass(frozen=True)
+class CheckpointEvaluation:
+    """A checkpoint's score, and which of its weights were scored (see `inference_weights`)."""
+
+    result: EvalResult
+    weights: str  # "teacher" or "student"
+    note: str = ""  # why, where it was not simply asked for: "the checkpoint has no teacher", "best at iter …"
+
+
 def evaluate_checkpoint(
     checkpoint: Path,
     ann: Path,
     images: Path | None = None,
     backend: str = "auto",
     out: Path | None = None,
-    weights: str = "teacher",
+    weights: str = "auto",
     batch_size: int = 8,
     device: str = "auto",
     skip_invalid: bool = False,
-) -> EvalResult:
+) -> CheckpointEvaluation:
     """Score a checkpoint on a COCO file; write results JSON (and metrics) next to `out`.
 
-    An image that cannot be decoded is named on stderr and left out of the score."""
+    `weights`: `auto` (best.pt's better model, else the teacher, else the student),
+    `teacher` or `student`. An image that cannot be decoded is named on stderr and left
+    out of the score."""
     from ssodkit.data.coco import CHECK_REMEDY, load_coco
     from ssodkit.data.datasets import EvalDataset, UnreadableImages
     from ssodkit.engine.runtime import load_model_from_checkpoint, resolve_device
@@ -187,7 +203,7 @@ def evaluate_checkpoint(
         results_path = out.with_name(out.stem + ".results.json") if out.suffix == ".json" else out / "results.json"
         write_json_atomic(results_path, results)
         write_json_atomic(out if out.suffix == ".json" else out / "metrics.json", result.model_dump())
-    return result
+    return CheckpointEvaluation(result, loaded.weights, loaded.note)
 
 
 def check_same_classes(model_classes: list[str], data_classes: list[str], checkpoint: Path, ann: Path) -> None:

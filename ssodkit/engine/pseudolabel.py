@@ -1,6 +1,7 @@
 """Pseudo-labels for offline self-training: run a checkpoint over unlabeled images.
 
-`pseudolabel()` predicts with the checkpoint's teacher (its student when it has none) on the
+`pseudolabel()` predicts with the checkpoint's inference weights (best.pt's better model,
+else the teacher, else the student; or the ones asked for) on the
 eval view of the checkpoint's config, keeps the detections scoring above `score_thr`, and
 maps them back to original-image pixels. `write()` stores them as a COCO *results* list or
 as a COCO *dataset* whose annotations are the pseudo boxes (loadable with `load_coco`).
@@ -21,7 +22,7 @@ from ssodkit.errors import DataError, SsodkitError, unknown_name
 from ssodkit.pseudo.filters import above_threshold
 
 FORMATS = ("results", "coco")
-WEIGHTS = ("teacher", "student")
+WEIGHTS = ("auto", "teacher", "student")  # as `ssodkit.engine.runtime.inference_weights` resolves them
 
 
 @dataclass(frozen=True)
@@ -45,7 +46,8 @@ class PseudolabelResult:
     ids 1..N, `area`, `iscrowd` 0 and `score` (`fmt="coco"`); boxes are xywh in original
     pixels. `images` are the input image records that were predicted (skipped ones left
     out). `weights` is the weights actually used: "student" when the checkpoint has no
-    teacher although "teacher" was asked for (`teacher_missing`).
+    teacher although "teacher" (or "auto") was asked for (`teacher_missing`), or when a
+    best.pt records the student as its better model (`weights_note` says so).
     """
 
     entries: list[dict[str, Any]]
@@ -54,6 +56,7 @@ class PseudolabelResult:
     fmt: str = "results"
     weights: str = "teacher"
     teacher_missing: bool = False
+    weights_note: str = ""  # why `weights`, where it was not simply asked for: "best at iter …"
     score_thr: float = 0.5
     images: list[dict[str, Any]] = field(default_factory=list)
     categories: list[dict[str, Any]] = field(default_factory=list)
@@ -139,7 +142,7 @@ def pseudolabel(
     *,
     score_thr: float = 0.5,
     fmt: str = "results",
-    weights: str = "teacher",
+    weights: str = "auto",
     batch_size: int = 8,
     device: str = "auto",
     image_root: str | os.PathLike[str] | None = None,
@@ -217,7 +220,8 @@ def pseudolabel(
         n_images=n_images,
         fmt=fmt,
         weights=used,
-        teacher_missing=weights == "teacher" and used != "teacher",
+        teacher_missing=weights != "student" and not loaded.has_teacher,
+        weights_note=loaded.note,
         score_thr=score_thr,
         images=image_records,
         categories=[{"id": c, "name": n} for c, n in zip(cat_ids, classes, strict=True)],

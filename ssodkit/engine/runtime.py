@@ -42,6 +42,9 @@ def build_model(cfg: RunConfig, num_classes: int) -> nn.Module:
     return build_detector(cfg.detector, num_classes)
 
 
+WEIGHTS = ("auto", "teacher", "student")
+
+
 @dataclass
 class CheckpointModel:
     """A checkpoint's model, ready for inference, and what describes it."""
@@ -50,7 +53,9 @@ class CheckpointModel:
     cfg: RunConfig
     classes: list[str]
     index_to_cat_id: list[int]
-    weights: str  # the weights actually loaded: "teacher", or "student" when there is no teacher
+    weights: str  # the weights actually loaded: "teacher" or "student"
+    note: str = ""  # why, where it was not simply asked for: "the checkpoint has no teacher", "best at iter 3000: …"
+    has_teacher: bool = False
 
 
 # Detector keys that a checkpoint's weights do not depend on: `train.init_from` may differ in them.
@@ -66,15 +71,35 @@ def checkpoint_config(state: dict[str, Any], where: str) -> tuple[RunConfig, lis
         raise SsodkitError(f"{where}: cannot read its config or classes ({type(exc).__name__})") from None
 
 
-def _weights_key(state: dict[str, Any], weights: str) -> str:
-    """The weights a checkpoint can give: the ones asked for, or the student's when it has no teacher."""
-    return weights if state.get(weights) is not None else "student"
+def inference_weights(state: dict[str, Any], weights: str = "auto") -> tuple[str, str]:
+    """Which weights of a checkpoint to use, and a note saying why when it was not simply asked for.
+
+    `auto` takes the model a best.pt records as the better one at its evaluation
+    (`best_role`), else the teacher; `teacher` and `auto` fall back to the student when the
+    checkpoint has no teacher (a supervised run); `student` is the student."""
+    if weights not in WEIGHTS:
+        raise SsodkitError(f"weights must be one of {', '.join(WEIGHTS)}, got {weights!r}")
+    from ssodkit.engine.checkpoint import BestEval
+
+    if weights == "auto":
+        best = BestEval.from_state(state.get("best_eval"))
+        role = state.get("best_role")
+        if role in ("teacher", "student") and state.get(role) is not None:
+            if best is not None and best.role == role:
+                return role, f"best at iter {best.iteration}: {best.scores()}"
+            return role, "the better model at best.pt's evaluation"
+        weights = "teacher"
+    if weights == "teacher" and state.get("teacher") is None:
+        return "student", "the checkpoint has no teacher"
+    return weights, ""
 
 
-def initial_weights(path: Path, cfg: RunConfig, classes: list[str]) -> tuple[RunConfig, dict[str, torch.Tensor]]:
+def initial_weights(path: Path, cfg: RunConfig, classes: list[str]) -> tuple[RunConfig, dict[str, torch.Tensor], str]:
     """The config and detector weights of the checkpoint `train.init_from` names, checked
     against this run's detector and classes so that a mismatch is one line, not a
-    load_state_dict traceback."""
+    load_state_dict traceback, and which they are (`student weights (best at iter …)`): the
+    ones inference would use (`auto`), i.e. the model a best.pt records as the better one,
+    else the teacher, else the student."""
     from ssodkit.engine.checkpoint import load_checkpoint
 
     state = load_checkpoint(path)
@@ -87,7 +112,8 @@ def initial_weights(path: Path, cfg: RunConfig, classes: list[str]) -> tuple[Run
     if differ:
         pairs = ", ".join(f"{k} {theirs.get(k)!r} vs {mine[k]!r}" for k in differ)
         raise ConfigError(f"train.init_from = {path}: detector differs from this run's ({pairs})")
-    return source, state[_weights_key(state, "teacher")]
+    used, note = inference_weights(state, "auto")
+    return source, state[used], f"{used} weights{f' ({note})' if note else ''}"
 
 
 def resolve_freeze_bn(cfg: RunConfig, init_source: RunConfig | None = None) -> RunConfig:
@@ -105,27 +131,28 @@ def resolve_freeze_bn(cfg: RunConfig, init_source: RunConfig | None = None) -> R
 
 
 def load_model_from_checkpoint(
-    path: Path, *, weights: str = "teacher", device: torch.device | str = "cpu"
+    path: Path, *, weights: str = "auto", device: torch.device | str = "cpu"
 ) -> CheckpointModel:
-    """The model of a checkpoint (teacher weights when it has a teacher), read once."""
+    """The model of a checkpoint, read once: `weights` as `inference_weights` resolves it
+    (by default best.pt's better model, else the teacher, else the student)."""
     from ssodkit.engine.checkpoint import load_checkpoint
 
     return model_from_checkpoint_state(load_checkpoint(path), path, weights=weights, device=device)
 
 
 def model_from_checkpoint_state(
-    state: dict[str, Any], path: Path, *, weights: str = "teacher", device: torch.device | str = "cpu"
+    state: dict[str, Any], path: Path, *, weights: str = "auto", device: torch.device | str = "cpu"
 ) -> CheckpointModel:
     """The model of an already-read checkpoint, so that a caller needing both the teacher
     and the student reads a large file once; `path` only names it in errors."""
-    if weights not in ("teacher", "student"):
-        raise SsodkitError(f"weights must be 'teacher' or 'student', got {weights!r}")
+    used, note = inference_weights(state, weights)
     cfg, classes = checkpoint_config(state, str(path))
     cfg.detector.pretrained = False  # the checkpoint holds the weights; never download
     cat_ids = [int(c) for c in state.get("index_to_cat_id") or range(1, len(classes) + 1)]
     if len(cat_ids) != len(classes):
         raise SsodkitError(f"{path}: {len(classes)} classes but {len(cat_ids)} category ids")
-    used = _weights_key(state, weights)
     model = build_model(cfg, len(classes))
     model.load_state_dict(state[used])
-    return CheckpointModel(model.to(device).eval(), cfg, classes, cat_ids, used)
+    return CheckpointModel(
+        model.to(device).eval(), cfg, classes, cat_ids, used, note, has_teacher=state.get("teacher") is not None
+    )

@@ -64,8 +64,9 @@ class TrainSummary:
     skipped_steps: int
     sec_per_iter: float
     final: dict[str, EvalResult] = field(default_factory=dict)  # "student"/"teacher" → metrics
-    best: float | None = None
+    best: float | None = None  # best.pt's mAP: the higher of teacher and student at its evaluation
     final_iter: int | None = None  # the iteration `final` was measured at
+    best_eval: ckpt.BestEval | None = None  # which model best.pt holds for inference, and when
 
 
 def next_run_dir(runs_dir: Path, name: str) -> Path:
@@ -74,6 +75,34 @@ def next_run_dir(runs_dir: Path, name: str) -> Path:
     while candidate.exists():
         candidate, n = runs_dir / f"{name}-{n}", n + 1
     return candidate
+
+
+# A teacher started from trained weights (train.init_from) should not be overwritten by the
+# student's first, noisy semi-supervised steps: warn when the EMA momentum is still above
+# FAST_TEACHER_MOMENTUM after FAST_TEACHER_UPDATES updates (the default schedule gives 0.038).
+FAST_TEACHER_UPDATES = 100
+FAST_TEACHER_MOMENTUM = 0.01
+SLOW_TEACHER_HINT = "--set teacher.momentum=0.001"  # mmdet's constant
+
+
+def fast_teacher_warning(ema: EMA) -> str | None:
+    """One line when a run started from a checkpoint has a teacher that follows the student
+    closely early on (the EMA momentum after 100 updates is above 0.01), else None."""
+    late = ema.momentum_at(FAST_TEACHER_UPDATES)
+    if late <= FAST_TEACHER_MOMENTUM:
+        return None
+    if ema.momentum is None:
+        how = (
+            f"the EMA schedule max(min_momentum, γ/(γ+t)) gives m = {ema.momentum_at(0):g} at the first update "
+            f"and {late:.3g} after {FAST_TEACHER_UPDATES}"
+        )
+    else:
+        how = f"the constant m = {late:g} is above {FAST_TEACHER_MOMENTUM:g}"
+    return (
+        f"train.init_from with teacher.momentum {ema.momentum if ema.momentum is not None else 'null'}: {how}, "
+        "so the teacher follows the student's first noisy steps instead of staying near the checkpoint; "
+        f"{SLOW_TEACHER_HINT} (mmdet's constant) keeps it there"
+    )
 
 
 def build_optimizer(model: nn.Module, cfg: RunConfig) -> torch.optim.Optimizer:
@@ -150,7 +179,8 @@ class Trainer:
 
         init_source, init_weights = None, None
         if cfg.train.init_from is not None and resume is None:
-            init_source, init_weights = initial_weights(cfg.train.init_from, cfg, self.classes)
+            init_source, init_weights, used = initial_weights(cfg.train.init_from, cfg, self.classes)
+            self._say(f"init from {cfg.train.init_from}: {used}")
         cfg = resolve_freeze_bn(cfg, init_source)  # before the model is built
         self.model = build_model(cfg, len(self.classes)).to(self.device)
         if init_weights is not None:
@@ -164,6 +194,10 @@ class Trainer:
             self.teacher = copy.deepcopy(self.model).eval().requires_grad_(False)
             t = cfg.teacher
             self.ema = EMA(t.momentum, t.gamma, t.min_momentum, t.buffers, t.interval)
+            if cfg.train.init_from is not None and resume is None:
+                warning = fast_teacher_warning(self.ema)
+                if warning is not None:
+                    self._say(f"warning: {warning}", style="yellow")
         self.optimizer = build_optimizer(self.model, cfg)
         self.scheduler = build_scheduler(self.optimizer, cfg.schedule)
         self.scaler = torch.amp.GradScaler(
@@ -181,6 +215,7 @@ class Trainer:
         self.iteration = 0
         self.skipped_steps = 0
         self.best: float | None = None
+        self.best_eval: ckpt.BestEval | None = None
         self.metrics = MetricsLog(self.run_dir / "metrics.jsonl", enabled=self.dist.is_main)
         if resume is not None:
             self._load(resume / "checkpoints" / "last.pt")
@@ -190,6 +225,11 @@ class Trainer:
         self._stop_requested = False
 
     # ------------------------------------------------------------------ set-up helpers
+    def _say(self, text: str, style: str | None = None) -> None:
+        """One start-up line on the run's console (rank 0), never wrapped or read as markup."""
+        if self.dist.is_main:
+            self.console.print(text, style=style, markup=False, highlight=False, soft_wrap=True)
+
     def _new_run_dir(self) -> Path:
         name = self.cfg.output.name or f"{self.cfg.method.name}-{self.cfg.detector.name}"
         run_dir = next_run_dir(self.cfg.output.runs_dir, name) if self.dist.is_main else None
@@ -214,6 +254,7 @@ class Trainer:
             "rng": ckpt.rng_state(),
             "skipped_steps": self.skipped_steps,
             "best": self.best,
+            "best_eval": self.best_eval.to_state() if self.best_eval is not None else None,
         }
 
     def _load(self, path: Path) -> None:
@@ -230,11 +271,15 @@ class Trainer:
         self.iteration = int(state["iteration"])
         self.skipped_steps = int(state.get("skipped_steps", 0))
         self.best = state.get("best")
+        self.best_eval = ckpt.BestEval.from_state(state.get("best_eval"))
         ckpt.set_rng_state(state["rng"])
 
     def save(self, name: str) -> None:
         if self.dist.is_main:
-            ckpt.save_checkpoint(self.state_dict(), self.run_dir / "checkpoints" / f"{name}.pt")
+            state = self.state_dict()
+            if name == "best" and self.best_eval is not None:
+                state["best_role"] = self.best_eval.role  # these weights won: inference on best.pt uses them
+            ckpt.save_checkpoint(state, self.run_dir / "checkpoints" / f"{name}.pt")
 
     # ------------------------------------------------------------------ one step
     def train_step(self, batch: Any) -> dict[str, float] | None:
@@ -343,28 +388,36 @@ class Trainer:
             ) from exc
 
     def _record_eval(self, results: dict[str, EvalResult]) -> bool:
-        """Log eval metrics; True when this is the best model so far."""
+        """Log eval metrics; True when this is the best model so far.
+
+        The score is the higher mAP of teacher and student (the teacher on a tie): best.pt
+        holds both, and `best_eval.role` says which one won, the one inference uses."""
         if not results:
             return False
+        maps = {role: res.map for role, res in results.items()}
+        role = ckpt.better_role(maps)
+        assert role is not None  # results hold the student at least
+        score = maps[role] if maps[role] is not None else -1.0
         record: dict[str, Any] = {"type": "eval", "iter": self.iteration}
-        for role, res in results.items():
-            record.update({f"{role}/{k}": v for k, v in res.model_dump().items() if k not in ("per_class", "backend")})
+        for name, res in results.items():
+            record.update({f"{name}/{k}": v for k, v in res.model_dump().items() if k not in ("per_class", "backend")})
+        record["best_role"] = role
         quality = self.pseudo_label_quality()
         record.update(quality)
         self.metrics.write(record)
-        primary = results.get("teacher", results.get("student"))
-        score = primary.map if primary is not None and primary.map is not None else -1.0
-        parts = [f"{role} mAP {100 * (r.map or 0):.1f}" for role, r in results.items()]
+        parts = [f"{name} mAP {100 * (r.map or 0):.1f}" for name, r in results.items()]
         if quality:
             parts.append(
                 f"pseudo-labels P {100 * quality['pseudo/precision50']:.0f}% "
                 f"R {100 * quality['pseudo/recall50']:.0f}% @IoU.5"
             )
-        self._progress.print(f"iter {self.iteration} eval: " + ", ".join(parts))
-        if self.best is None or score > self.best:
+        improved = self.best is None or score > self.best
+        if improved:
             self.best = score
-            return True
-        return False
+            self.best_eval = ckpt.BestEval(self.iteration, role, maps)
+            parts.append(f"new best ({role})")
+        self._progress.print(f"iter {self.iteration} eval: " + ", ".join(parts))
+        return improved
 
     # ------------------------------------------------------------------ the loop
     def _handle_sigint(self, signum: int, frame: Any) -> None:
@@ -435,7 +488,7 @@ class Trainer:
             skipped_steps=self.skipped_steps,
             # training steps only (data wait included; evaluation and checkpoints excluded)
             sec_per_iter=step_time / max(1, self.iteration - start_iter), final=final, best=self.best,
-            final_iter=final_iter,
+            final_iter=final_iter, best_eval=self.best_eval,
         )
 
     def close(self) -> None:
