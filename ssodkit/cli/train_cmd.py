@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
 
@@ -11,6 +12,7 @@ from ssodkit.errors import SsodkitError
 
 if TYPE_CHECKING:  # pydantic loads only when a command runs
     from ssodkit.config import RunConfig
+    from ssodkit.engine.trainer import Trainer
 
 # CLI flag → dotted config key. Flags left out (None) do not override the recipe.
 FLAG_KEYS = {
@@ -101,13 +103,25 @@ def train(
 
     Defaults are the config's; a --config recipe or --set overrides them.
     """
+    run_train(dict(locals()))
+
+
+def run_train(options: dict[str, Any], prepare: Callable[[Trainer], None] | None = None) -> None:
+    """`ssodkit train` on its parsed options (keyed by `train`'s parameter names).
+
+    `prepare(trainer)`, when given, runs once the trainer is set up (a resumed run's state
+    loaded) and before its first step: the seam for a diagnostic that changes one thing in a
+    run and keeps the rest — config, run folder, metrics.jsonl, resume — exactly as `ssodkit
+    train` makes it (benchmarks/diagnostics/oracle_teacher.py replaces the teacher's boxes).
+    """
     from ssodkit.cli.output import console
     from ssodkit.cli.tables import per_class_table, results_table
     from ssodkit.config import build_config, load_saved_config
     from ssodkit.engine.checkpoint import better_role
     from ssodkit.engine.trainer import Trainer
 
-    given = {key: value for key, value in locals().items() if key in FLAG_KEYS and value is not None}
+    config, set_, resume = options.get("config"), options.get("set_"), options.get("resume")
+    given = {key: value for key, value in options.items() if key in FLAG_KEYS and value is not None}
     if resume is not None:
         if given or config is not None or set_:
             raise SsodkitError("--resume continues a run with its saved config; give no other options")
@@ -124,6 +138,8 @@ def train(
 
     trainer = Trainer(cfg, resume=resume, console=console(stderr=True))  # progress and logs
     try:
+        if prepare is not None:
+            prepare(trainer)
         if trainer.dist.is_main:
             trainer.console.print(
                 f"[bold]ssodkit train[/] {cfg.method.name} / {cfg.detector.name} ({cfg.detector.backbone}) "
