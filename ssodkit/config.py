@@ -12,7 +12,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from ssodkit.detectors.config import DetectorConfig
 from ssodkit.errors import ConfigError
@@ -41,6 +48,10 @@ class DataConfig(_Section):
         "(MixPL 0.001, others off), 0 = off"
     )
     synthetic_seed: int = 0
+    synthetic_kind: Literal["shapes", "fine"] = Field(
+        "shapes", description="which synthetic data set (synthetic mode): shapes, or fine "
+        "(classes differ only by a small detail; see docs/data.md)"
+    )
     skip_invalid: bool = False
     strict_images: bool = Field(
         False, description="stop at the first image that cannot be decoded during training "

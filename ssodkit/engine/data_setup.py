@@ -72,9 +72,9 @@ def resolve_sources(
         from ssodkit.data.synthetic import ensure_synthetic
 
         if dist.is_main:
-            paths = ensure_synthetic(seed=data.synthetic_seed)
+            paths = ensure_synthetic(seed=data.synthetic_seed, kind=data.synthetic_kind)
         barrier(dist)
-        paths = ensure_synthetic(seed=data.synthetic_seed)
+        paths = ensure_synthetic(seed=data.synthetic_seed, kind=data.synthetic_kind)
         train_ann, train_images = paths.train, paths.images
         val_ann, val_images = val_ann or paths.val, val_images or (paths.images if val_ann is None else None)
         if unlabeled_src is None and data.labeled_percent is None:
