@@ -48,6 +48,10 @@ class DataConfig(_Section):
         "(MixPL 0.001, others off), 0 = off"
     )
     synthetic_seed: int = 0
+    synthetic_kind: Literal["shapes", "fine"] = Field(
+        "shapes", description="which synthetic data set (synthetic mode): shapes, or fine "
+        "(classes differ only by a small detail; see docs/data.md)"
+    )
     skip_invalid: bool = False
     strict_images: bool = Field(
         False, description="stop at the first image that cannot be decoded during training "
@@ -221,15 +225,21 @@ def deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
 
 
 def load_recipe(path: Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
-    """Read a recipe, following `_base_: other.yaml` (relative to the recipe) first."""
+    """Read a recipe, following `_base_: other.yaml` (relative to the recipe) first; a list
+    of bases is merged in order, later ones winning (e.g. a recipe, then the per-class
+    thresholds that `stats pseudo --calibrate` wrote)."""
     path = path.resolve()
     if path in _seen:
         raise ConfigError(f"{path}: recipe includes itself through _base_")
     data = _read_yaml(path)
     base = data.pop("_base_", None)
-    if base is None:
-        return data
-    return deep_merge(load_recipe(path.parent / base, (*_seen, path)), data)
+    bases = [base] if isinstance(base, str) else base or []
+    if not isinstance(bases, list) or not all(isinstance(b, str) for b in bases):
+        raise ConfigError(f"{path}: _base_ must be a recipe file name or a list of them, got {base!r}")
+    merged: dict[str, Any] = {}
+    for name in bases:
+        merged = deep_merge(merged, load_recipe(path.parent / name, (*_seen, path)))
+    return deep_merge(merged, data)
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:

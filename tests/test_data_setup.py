@@ -76,3 +76,27 @@ def test_several_labeled_views_give_each_image_once_per_view_view_after_view(tin
         assert len(next(one.batches(0))[0]) == cfg.train.batch_size
     finally:
         one.close()
+
+
+def test_synthetic_kind_key_trains_on_the_fine_set_with_hidden_ground_truth(tmp_path, monkeypatch):
+    """`--set data.synthetic_kind=fine` in synthetic mode: the fine set is generated into the
+    cache, trained on, and its unlabeled pool's hidden boxes score the pseudo-labels."""
+    from ssodkit.config import build_config
+    from ssodkit.data import synthetic
+    from ssodkit.engine.metrics import read_metrics
+    from tests.conftest import TINY_FLAGS
+    from tests.test_trainer import train
+
+    monkeypatch.setattr(synthetic, "DEFAULT_SIZES", (4, 2, 4))
+    monkeypatch.setenv("SSODKIT_CACHE_DIR", str(tmp_path / "cache"))
+    flags = {
+        **TINY_FLAGS, "data.synthetic_kind": "fine", "method.name": "mean_teacher", "method.score_thr": 0.05,
+        "train.unlabeled_batch_size": 2, "schedule.iters": 2, "eval.interval": 2,
+        "output.runs_dir": str(tmp_path / "runs"),
+    }
+    trainer, summary = train(build_config(None, flags))
+    assert (tmp_path / "cache" / "synthetic-fine-v1-seed0").is_dir()
+    assert trainer.data.classes == [c[0] for c in synthetic.FINE_CLASSES]
+    assert trainer.data.sources.unlabeled_gt is not None
+    evals = [r for r in read_metrics(summary.run_dir / "metrics.jsonl") if r["type"] == "eval"]
+    assert evals[-1]["pseudo/gt_per_image"] > 0

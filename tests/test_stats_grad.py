@@ -12,7 +12,15 @@ from ssodkit.data.synthetic import CLASSES
 from ssodkit.detectors.protocol import Detections, TwoStage, protocol_methods
 from ssodkit.errors import CapabilityError
 from ssodkit.mixing import MixItem, pseudo_mixup, pseudo_mosaic
-from ssodkit.stats.grad import GROUPS, _check_dense, _place, density, ghm_groups, ghm_norm, gradient_density
+from ssodkit.stats.grad import (
+    GROUPS,
+    _check_dense,
+    _place,
+    density,
+    ghm_groups,
+    ghm_norm,
+    gradient_density,
+)
 from tests.conftest import run_cli
 from tests.test_cli import data_args, tiny_set_args
 
@@ -197,11 +205,11 @@ def test_bad_input_is_one_line(change, message, fcos_checkpoint, tiny_data):
 
 def test_default_threshold_follows_the_runs_method_then_the_detector():
     from ssodkit.config import build_config
-    from ssodkit.stats.grad import _run_param
+    from ssodkit.pseudo.labeler import run_param
 
     st = build_config(None, {"method.name": "soft_teacher"})
-    assert _run_param(st, "score_thr", 0.3) == 0.5  # the method's own default
+    assert run_param(st, "score_thr", 0.3) == 0.5  # the method's own default
     mt = build_config(None, {"method.name": "mean_teacher"})
-    assert _run_param(mt, "score_thr", 0.3) == 0.3  # no method default: the detector's
+    assert run_param(mt, "score_thr", 0.3) == 0.3  # no method default: the detector's
     set_ = build_config(None, {"method.name": "mean_teacher", "method.score_thr": 0.55})
-    assert _run_param(set_, "score_thr", 0.3) == 0.55
+    assert run_param(set_, "score_thr", 0.3) == 0.55

@@ -25,10 +25,18 @@ def synth(
     n_unlabeled: Annotated[
         int, typer.Option(help="Unlabeled images (their boxes are kept as hidden GT).")
     ] = 1000,
+    kind: Annotated[
+        str,
+        typer.Option(
+            "--kind",
+            help="shapes (7 shapes, a hue per class) or fine (one disc, classes differ only by "
+            "its holes; same hue and size distributions).",
+        ),
+    ] = "shapes",
 ) -> None:
-    """Generate the synthetic shapes data set (COCO JSON + PNG images)."""
+    """Generate a synthetic data set (COCO JSON + PNG images): shapes, or fine-grained discs."""
     paths = generate_synthetic(
-        out, seed=seed, n_train=n_train, n_val=n_val, n_unlabeled=n_unlabeled
+        out, seed=seed, n_train=n_train, n_val=n_val, n_unlabeled=n_unlabeled, kind=kind
     )
     files = {"train": paths.train, "val": paths.val, "unlabeled": paths.unlabeled}
     counts = {

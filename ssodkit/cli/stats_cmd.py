@@ -19,6 +19,7 @@ from ssodkit.cli.tables import pct
 from ssodkit.errors import ConfigError, DataError
 
 if TYPE_CHECKING:
+    from ssodkit.stats.calibrate import Calibration
     from ssodkit.stats.data import DataStats
     from ssodkit.stats.grad import GradStats
     from ssodkit.stats.pseudo import PseudoStats
@@ -28,6 +29,9 @@ stats_app = typer.Typer(
     no_args_is_help=True,
 )
 
+DEFAULT_SWEEP = "0.05:0.95:0.05"
+DEFAULT_PRECISION = 0.8  # as ssodkit.stats.calibrate's; not imported, to keep `--help` light
+DEFAULT_MIN_BOXES = 10
 TABLE_IOUS = (0.5, 0.75)  # the sweep table's IoU columns, besides --iou
 SPARK_BLOCKS = "▁▂▃▄▅▆▇█"
 SPARK_FLOOR = 1e-6  # the lowest density a sparkline block shows (▁); below it, a blank
@@ -249,19 +253,37 @@ def _grad_table(stats: GradStats) -> Table:
 @stats_app.command("pseudo")
 def pseudo(
     pseudo_path: Annotated[
-        Path, typer.Option("--pseudo", help="Pseudo-labels: a COCO results JSON.")
-    ],
-    gt: Annotated[Path, typer.Option("--gt", help="Hidden ground truth: COCO JSON.")],
+        Path | None,
+        typer.Option(
+            "--pseudo",
+            help="Pseudo-labels: a COCO results JSON (with --calibrate: detections on labeled images).",
+        ),
+    ] = None,
+    gt: Annotated[
+        Path | None,
+        typer.Option(
+            "--gt",
+            help="Hidden ground truth: COCO JSON (with --calibrate: the labeled images; default "
+            "the run's labeled split).",
+        ),
+    ] = None,
     images: Annotated[
         Path | None,
         typer.Option(
             "--images",
-            help="Image folder; with --plots, draws the most over- and under-labelled images.",
+            help="Image folder; with --plots, draws the most over- and under-labelled images "
+            "(with --calibrate: the image root of --gt).",
         ),
     ] = None,
     score_thr: Annotated[
-        float, typer.Option("--score-thr", help="Pseudo boxes are detections with score > this (the rule training uses).")
-    ] = 0.5,
+        float | None,
+        typer.Option(
+            "--score-thr",
+            help="Pseudo boxes are detections with score > this (the rule training uses); default "
+            "0.5. With --calibrate: the global τ of classes too rare to calibrate (default: the "
+            "run's τ).",
+        ),
+    ] = None,
     out_json: Annotated[
         Path | None, typer.Option("--json", help="Write every figure to this JSON file.")
     ] = None,
@@ -272,17 +294,62 @@ def pseudo(
     thresholds: Annotated[
         str,
         typer.Option("--thresholds", help="Score thresholds to sweep: start:stop:step or a,b,c."),
-    ] = "0.05:0.95:0.05",
+    ] = DEFAULT_SWEEP,
+    calibrate: Annotated[
+        bool,
+        typer.Option(
+            "--calibrate",
+            help="Per-class τ instead: the lowest τ_c at which class c's pseudo-labels on labeled "
+            "images reach --precision; writes a method.class_score_thr YAML snippet.",
+        ),
+    ] = False,
+    checkpoint: Annotated[
+        Path | None,
+        typer.Option(
+            "--checkpoint",
+            help="With --calibrate: a run folder or checkpoint whose teacher labels the labeled images.",
+        ),
+    ] = None,
+    precision: Annotated[
+        float, typer.Option("--precision", help="With --calibrate: target pseudo-label precision at IoU --iou.")
+    ] = DEFAULT_PRECISION,
+    min_boxes: Annotated[
+        int,
+        typer.Option("--min-boxes", help="With --calibrate: classes with fewer GT boxes keep the global τ."),
+    ] = DEFAULT_MIN_BOXES,
+    out: Annotated[
+        Path | None,
+        typer.Option("--out", help="With --calibrate: write the YAML snippet here (else print it)."),
+    ] = None,
+    device: Annotated[
+        str, typer.Option("--device", help="With --calibrate --checkpoint: auto, cpu, cuda or cuda:N.")
+    ] = "auto",
 ) -> None:
     """Pseudo-labels against hidden GT: counts, sizes, classes, precision/recall by threshold.
 
     Matching is COCOeval's (greedy by descending score, per image and class; a detection on a
     crowd region is neither TP nor FP), at IoU 0.5, 0.75 and --iou.
+
+    With --calibrate: per-class thresholds for a target precision, from a run's teacher on
+    its labeled images (--checkpoint) or from detections on labeled images (--pseudo, --gt).
     """
+    if calibrate:
+        if plots is not None or thresholds != DEFAULT_SWEEP:
+            raise ConfigError("--plots and --thresholds do not apply with --calibrate")
+        _calibrate(
+            pseudo_path, gt, images, checkpoint, score_thr=score_thr, precision=precision,
+            min_boxes=min_boxes, iou=iou, out=out, out_json=out_json, device=device,
+        )
+        return
+    if checkpoint is not None or out is not None:
+        raise ConfigError("--checkpoint and --out apply with --calibrate only")
+    if pseudo_path is None or gt is None:
+        raise ConfigError("give --pseudo (pseudo-labels) and --gt (their hidden ground truth), or --calibrate")
     from ssodkit.data.coco import CHECK_REMEDY, load_coco, load_results
     from ssodkit.io import write_json_atomic
     from ssodkit.stats.pseudo import compute_pseudo_stats
 
+    score_thr = 0.5 if score_thr is None else score_thr
     score_thresholds = parse_thresholds(thresholds)
     if images is not None and not images.is_dir():
         raise DataError(f"{images}: not a folder of images")
@@ -306,6 +373,80 @@ def pseudo(
             stats, plots, coco=coco if images is not None else None, results=results
         )
         stdout.print(f"wrote {len(written)} plots to {plots}")
+
+
+def _calibration_table(cal: Calibration) -> Table:
+    from ssodkit.stats.calibrate import status_note
+
+    source = f" of {escape(Path(cal.source).name)}" if cal.source else ""
+    table = Table(
+        title=f"per-class τ for pseudo-label precision ≥ {cal.target_precision:g} at IoU {cal.iou:g} "
+        f"({cal.num_images} labeled images{source})",
+        caption=f"global τ {cal.global_thr:g}" + (f" ({cal.global_thr_from})" if cal.global_thr_from else "")
+        + f"; pseudo boxes: score > τ; classes with < {cal.min_boxes} GT boxes keep the global τ",
+    )
+    table.add_column("class")
+    for column in ("GT", "boxes", "τ", "kept", "P %", "R %"):
+        table.add_column(column, justify="right")
+    table.add_column("how")
+    for c in cal.classes:
+        style = "" if c.status == "calibrated" else "yellow"
+        table.add_row(
+            escape(c.name), str(c.gt), str(c.detections), f"{c.threshold:.4g}", str(c.kept),
+            pct(c.precision), pct(c.recall), escape(status_note(c, cal)), style=style,
+        )
+    return table
+
+
+def _calibrate(
+    pseudo_path: Path | None,
+    gt: Path | None,
+    images: Path | None,
+    checkpoint: Path | None,
+    *,
+    score_thr: float | None,
+    precision: float,
+    min_boxes: int,
+    iou: float,
+    out: Path | None,
+    out_json: Path | None,
+    device: str,
+) -> None:
+    from ssodkit.io import write_json_atomic
+    from ssodkit.stats import calibrate as calib
+
+    calib.check_calibration_args(precision, min_boxes)
+    if (pseudo_path is None) == (checkpoint is None):
+        raise ConfigError(
+            "--calibrate needs --checkpoint (a run folder or .pt, whose teacher labels the labeled "
+            "images) or --pseudo with --gt (detections on labeled images), not both"
+        )
+    for path in (out, out_json):
+        if path is not None and path.is_dir():
+            raise ConfigError(f"{path}: is a directory; give a file path")
+    if checkpoint is not None:
+        cal = calib.calibrate_checkpoint(
+            checkpoint, ann=gt, images=images, precision=precision, min_boxes=min_boxes,
+            global_thr=score_thr, iou=iou, device=device, progress=True,
+        )
+    else:
+        if gt is None:
+            raise ConfigError("--calibrate --pseudo needs --gt: the labeled images' COCO JSON")
+        from ssodkit.data.coco import CHECK_REMEDY, load_coco, load_results
+
+        coco = load_coco(gt, images, check_images="none", remedy=CHECK_REMEDY)
+        cal = calib.calibrate_thresholds(
+            coco, load_results(pseudo_path, coco), precision=precision, min_boxes=min_boxes, iou=iou,
+            global_thr=0.5 if score_thr is None else score_thr,
+        ).model_copy(update={"source": str(gt), "global_thr_from": "default" if score_thr is None else "given"})
+    stdout = console()
+    stdout.print(_calibration_table(cal))
+    if out is not None:
+        stdout.print(f"wrote {escape(str(calib.write_calibration(cal, out)))}")
+    else:
+        stdout.print(calib.calibration_yaml(cal), markup=False, highlight=False, end="")
+    if out_json is not None:
+        stdout.print(f"wrote {write_json_atomic(out_json, cal.model_dump(mode='json'))}")
 
 
 @stats_app.command("data")

@@ -1,11 +1,19 @@
-"""A procedural COCO data set of coloured shapes, for tests, demos and quick experiments.
+"""Procedural COCO data sets of coloured shapes, for tests, demos and quick experiments.
 
-It has what makes semi-supervised detection interesting on real data — long-tailed classes,
-objects in all three COCO size buckets, cluttered backgrounds, occlusion, colour that helps
-but does not decide the class — and stays learnable by a small detector trained from
-scratch in a few hundred iterations (crisp shapes, decent contrast). Everything is drawn
-from seeded NumPy generators, one per image, so the same seed gives identical pixels and
-JSON, and byte-identical PNGs with the same Pillow/zlib build.
+Two kinds share one generator (image sizes, object counts, size buckets, clutter, occlusion,
+splits) and differ only in what an object of a class looks like:
+
+- `shapes`: what makes semi-supervised detection interesting on real data — long-tailed
+  classes, objects in all three COCO size buckets, cluttered backgrounds, occlusion, colour
+  that helps but does not decide the class — and learnable by a small detector trained from
+  scratch in a few hundred iterations (crisp shapes, decent contrast).
+- `fine`: fine-grained classes — every object is the same disc, of the same size and hue
+  distributions, and the classes differ only by the holes punched in it (one dot, two dots,
+  a bar, …, all of the same total area), so that a teacher finds the objects long before it
+  names them: its dominant error is the wrong class on a real object.
+
+Everything is drawn from seeded NumPy generators, one per image, so the same seed gives
+identical pixels and JSON, and byte-identical PNGs with the same Pillow/zlib build.
 """
 
 from __future__ import annotations
@@ -26,7 +34,7 @@ from PIL import Image, ImageDraw, ImageOps
 from rich.console import Console
 from rich.progress import Progress
 
-from ssodkit.errors import DataError
+from ssodkit.errors import DataError, unknown_name
 from ssodkit.io import write_json_atomic
 
 VERSION = 1
@@ -55,6 +63,14 @@ PLACEMENT_TRIES = 30
 ROTATION_DEG = 15.0
 DEFAULT_SIZES = (1000, 200, 1000)  # train, val, unlabeled
 PNG_COMPRESS_LEVEL = 3  # speed/size balance; compression does not affect pixels
+# fine: the holes of every class cover this share of the disc, so outline and net area match
+FINE_HOLE_SHARE = 0.15
+FINE_CLASSES = tuple(
+    (name, share, None)  # no preferred hue: every class draws its hue uniformly
+    for name, (_, share, _) in zip(
+        ("dot", "two_dots", "bar", "three_dots", "two_bars", "four_dots", "plus"), CLASSES, strict=True
+    )
+)
 
 
 @dataclass(frozen=True)
@@ -134,14 +150,86 @@ def _unit_shape(cls: int, rng: np.random.Generator) -> list[np.ndarray]:
     return [_regular(6, 0)]  # hexagon
 
 
+def _dots(n: int, hole_area: float) -> list[np.ndarray]:
+    """n round holes of `hole_area` in all, one in the centre or n around it."""
+    radius = math.sqrt(hole_area / n / _polygon_area(_circle()))
+    if n == 1:
+        return [_circle(radius=radius)]
+    t = np.deg2rad(45 * (n == 4) + np.arange(n) * 360.0 / n)
+    return [_circle(radius=radius) + 0.42 * np.array([np.cos(t[k]), -np.sin(t[k])]) for k in range(n)]
+
+
+def _bars(n: int, hole_area: float, length: float = 1.2) -> list[np.ndarray]:
+    """n horizontal slots of `hole_area` in all, stacked with a gap of one slot's height."""
+    height = hole_area / n / length
+    x, y = length / 2, height / 2
+    rect = np.array([(-x, -y), (x, -y), (x, y), (-x, y)])
+    return [rect + (0.0, 2 * height * (k - (n - 1) / 2)) for k in range(n)]
+
+
+def _plus(hole_area: float) -> list[np.ndarray]:
+    """A plus-shaped hole of `hole_area`, arms reaching 0.5 from the centre."""
+    thickness = 1 - math.sqrt(1 - hole_area)  # arms of length 1: area 2t − t²
+    return [_cross(arm=2 * thickness) * 0.5]
+
+
+def _fine_shape(cls: int, rng: np.random.Generator) -> list[np.ndarray]:
+    """A disc with the class's holes, their total area the same for every class: the outline,
+    its size for a given object area, and the hue are the same for all classes."""
+    aspect = rng.uniform(0.85, 1.18)
+    stretch = np.array([aspect, 1 / aspect])
+    hole_area = FINE_HOLE_SHARE * _polygon_area(_circle())
+    name = FINE_CLASSES[cls][0]
+    holes = {
+        "dot": lambda: _dots(1, hole_area),
+        "two_dots": lambda: _dots(2, hole_area),
+        "three_dots": lambda: _dots(3, hole_area),
+        "four_dots": lambda: _dots(4, hole_area),
+        "bar": lambda: _bars(1, hole_area),
+        "two_bars": lambda: _bars(2, hole_area),
+        "plus": lambda: _plus(hole_area),
+    }[name]()
+    return [ring * stretch for ring in (_circle(), *holes)]
+
+
+@dataclass(frozen=True)
+class SyntheticKind:
+    """One kind of synthetic data: its classes and how an object of a class looks.
+
+    `classes` are (name, share of objects, preferred hue in degrees or None for any hue);
+    `rings(cls, rng)` gives the object's outline around the origin, then its holes."""
+
+    name: str
+    classes: tuple[tuple[str, float, float | None], ...]
+    rings: Callable[[int, np.random.Generator], list[np.ndarray]]
+    supercategory: str
+    cache_prefix: str  # the cached default-size set is <cache>/<prefix>-v<VERSION>-seed<seed>
+
+
+SHAPES = SyntheticKind("shapes", CLASSES, _unit_shape, "shape", "synthetic")
+FINE = SyntheticKind("fine", FINE_CLASSES, _fine_shape, "disc", "synthetic-fine")
+KINDS = {k.name: k for k in (SHAPES, FINE)}
+
+
+def synthetic_kind(name: str | SyntheticKind) -> SyntheticKind:
+    """The kind of that name (`shapes` or `fine`)."""
+    if isinstance(name, SyntheticKind):
+        return name
+    if name not in KINDS:
+        raise unknown_name("synthetic data kind", name, KINDS)
+    return KINDS[name]
+
+
 def _polygon_area(points: np.ndarray) -> float:
     x, y = points[:, 0], points[:, 1]
     return 0.5 * abs(float(np.dot(x, np.roll(y, 1)) - np.dot(y, np.roll(x, 1))))
 
 
-def _shape(obj: _Object, rng: np.random.Generator, width: int, height: int) -> list[np.ndarray]:
+def _shape(
+    kind: SyntheticKind, obj: _Object, rng: np.random.Generator, width: int, height: int
+) -> list[np.ndarray]:
     """The object's rings, rotated a little and scaled to its area (shrunk if it cannot fit)."""
-    rings = _unit_shape(obj.cls, rng)
+    rings = kind.rings(obj.cls, rng)
     theta = np.deg2rad(rng.uniform(-ROTATION_DEG, ROTATION_DEG))
     rot = np.array([[np.cos(theta), -np.sin(theta)], [np.sin(theta), np.cos(theta)]])
     rings = [r @ rot.T for r in rings]
@@ -199,9 +287,14 @@ def _clutter(img: Image.Image, rng: np.random.Generator) -> np.ndarray:
     return np.array(img)
 
 
-def _object_colour(cls: int, rng: np.random.Generator) -> np.ndarray:
-    """Bright and saturated; the class's hue most of the time, any hue otherwise."""
-    hue = CLASSES[cls][2] + rng.normal(0, 12) if rng.random() < 0.8 else rng.uniform(0, 360)
+def _object_colour(kind: SyntheticKind, cls: int, rng: np.random.Generator) -> np.ndarray:
+    """Bright and saturated; the class's hue most of the time, any hue otherwise (always
+    any hue for a class without a preferred one)."""
+    preferred = kind.classes[cls][2]
+    if preferred is None:
+        hue = rng.uniform(0, 360)
+    else:
+        hue = preferred + rng.normal(0, 12) if rng.random() < 0.8 else rng.uniform(0, 360)
     return _hsv(hue, rng.uniform(0.6, 1.0), rng.uniform(0.7, 1.0))
 
 
@@ -222,6 +315,7 @@ def _hides_too_much(new: np.ndarray, placed: list[tuple[np.ndarray, np.ndarray]]
 
 
 def _place(
+    kind: SyntheticKind,
     obj: _Object,
     rng: np.random.Generator,
     width: int,
@@ -230,7 +324,7 @@ def _place(
 ) -> np.ndarray | None:
     """Mask of the object at a random position fully inside the image, or None if every
     try would hide too much of an earlier object."""
-    rings = _shape(obj, rng, width, height)
+    rings = _shape(kind, obj, rng, width, height)
     pts = np.concatenate(rings)
     low = 1 - pts.min(axis=0)
     high = np.array([width - 1, height - 1]) - pts.max(axis=0)
@@ -253,7 +347,7 @@ def _paint(canvas: np.ndarray, mask: np.ndarray, colour: np.ndarray, tilt: float
 
 
 def _render(
-    seed_key: list[int], objects: list[_Object]
+    seed_key: list[int], objects: list[_Object], kind: SyntheticKind = SHAPES
 ) -> tuple[np.ndarray, list[tuple[int, list[int], int]]]:
     """One image and its objects as (class, [x, y, w, h], pixel area), largest first."""
     rng = np.random.default_rng(seed_key)
@@ -262,13 +356,13 @@ def _render(
     placed: list[tuple[np.ndarray, np.ndarray]] = []
     found: list[tuple[int, list[int], int]] = []
     for obj in sorted(objects, key=lambda o: -o.area):
-        mask = _place(obj, rng, width, height, placed)
+        mask = _place(kind, obj, rng, width, height, placed)
         if mask is None:
             continue
         for _, visible in placed:
             visible &= ~mask
         placed.append((mask, mask.copy()))
-        box = _paint(canvas, mask, _object_colour(obj.cls, rng), rng.uniform(-0.12, 0.12))
+        box = _paint(canvas, mask, _object_colour(kind, obj.cls, rng), rng.uniform(-0.12, 0.12))
         found.append((obj.cls, box, int(np.count_nonzero(mask))))
     return canvas, found
 
@@ -286,13 +380,16 @@ def _quota(n: int, shares: list[float]) -> np.ndarray:
     return counts
 
 
-def _plan_split(seed: int, split: int, n_images: int) -> list[list[_Object]]:
-    """Objects of every image: class and size by quota over the split, then shuffled."""
+def _plan_split(
+    seed: int, split: int, n_images: int, kind: SyntheticKind = SHAPES
+) -> list[list[_Object]]:
+    """Objects of every image: class and size by quota over the split, then shuffled; the
+    sizes never depend on the class."""
     rng = np.random.default_rng([seed, split])
     per_image = rng.integers(OBJECTS_PER_IMAGE[0], OBJECTS_PER_IMAGE[1] + 1, size=n_images)
     total = int(per_image.sum())
     classes = rng.permutation(
-        np.repeat(np.arange(len(CLASSES)), _quota(total, [c[1] for c in CLASSES]))
+        np.repeat(np.arange(len(kind.classes)), _quota(total, [c[1] for c in kind.classes]))
     )
     buckets = rng.permutation(
         np.repeat(np.arange(len(SIZE_BUCKETS)), _quota(total, [b[1] for b in SIZE_BUCKETS]))
@@ -305,13 +402,18 @@ def _plan_split(seed: int, split: int, n_images: int) -> list[list[_Object]]:
 
 
 def _write_split(
-    root: Path, seed: int, split: int, n_images: int, advance: Callable[[], None]
+    root: Path,
+    seed: int,
+    split: int,
+    n_images: int,
+    advance: Callable[[], None],
+    kind: SyntheticKind = SHAPES,
 ) -> dict[str, Any]:
     name = SPLITS[split]
     (root / "images" / name).mkdir(parents=True, exist_ok=True)
 
     def make(index: int) -> tuple[dict[str, Any], list[tuple[int, list[int], int]]]:
-        pixels, found = _render([seed, split, index], plan[index])
+        pixels, found = _render([seed, split, index], plan[index], kind)
         file_name = f"{name}/{index + 1:06d}.png"
         Image.fromarray(pixels).save(root / "images" / file_name, compress_level=PNG_COMPRESS_LEVEL)
         advance()
@@ -323,7 +425,7 @@ def _write_split(
         }
         return image, found
 
-    plan = _plan_split(seed, split, n_images)
+    plan = _plan_split(seed, split, n_images, kind)
     # Threads, not processes: PNG encoding and NumPy release the GIL, and results keep order.
     with ThreadPoolExecutor(max_workers=max(2, os.cpu_count() or 1)) as pool:
         rendered = list(pool.map(make, range(n_images)))
@@ -344,7 +446,7 @@ def _write_split(
             )
     return {
         "info": {
-            "description": "ssodkit synthetic shapes",
+            "description": f"ssodkit synthetic {kind.name}",
             "version": VERSION,
             "seed": seed,
             "split": name,
@@ -353,17 +455,20 @@ def _write_split(
         "images": images,
         "annotations": annotations,
         "categories": [
-            {"id": i + 1, "name": c[0], "supercategory": "shape"} for i, c in enumerate(CLASSES)
+            {"id": i + 1, "name": c[0], "supercategory": kind.supercategory}
+            for i, c in enumerate(kind.classes)
         ],
     }
 
 
-def _generate_into(tmp: Path, seed: int, sizes: tuple[int, int, int]) -> None:
+def _generate_into(
+    tmp: Path, seed: int, sizes: tuple[int, int, int], kind: SyntheticKind = SHAPES
+) -> None:
     console = Console(stderr=True)
     with Progress(console=console, disable=not console.is_terminal, transient=True) as progress:
-        task = progress.add_task("generating synthetic shapes", total=sum(sizes))
+        task = progress.add_task(f"generating synthetic {kind.name}", total=sum(sizes))
         for split, n_images in enumerate(sizes):
-            coco = _write_split(tmp, seed, split, n_images, lambda: progress.advance(task))
+            coco = _write_split(tmp, seed, split, n_images, lambda: progress.advance(task), kind)
             write_json_atomic(tmp / "annotations" / f"{SPLITS[split]}.json", coco, indent=None)
 
 
@@ -374,13 +479,16 @@ def generate_synthetic(
     n_train: int = 1000,
     n_val: int = 200,
     n_unlabeled: int = 1000,
+    kind: str | SyntheticKind = "shapes",
 ) -> SyntheticPaths:
-    """Write the data set to `out_dir` (which must not exist or be empty).
+    """Write the data set of `kind` (`shapes` or `fine`) to `out_dir` (which must not exist
+    or be empty).
 
     It is built in a temporary folder beside `out_dir` and renamed into place, so `out_dir`
     is either absent or complete, never half written.
     """
     out = Path(out_dir)
+    spec = synthetic_kind(kind)
     sizes = (n_train, n_val, n_unlabeled)
     if min(sizes) < 0:
         raise DataError(
@@ -388,17 +496,19 @@ def generate_synthetic(
         )
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise DataError(f"{out}: exists and is not an empty folder")
-    if not _build_and_rename(out, seed, sizes):
+    if not _build_and_rename(out, seed, sizes, spec):
         raise DataError(f"{out}: was created by another process while generating")
     return SyntheticPaths(out)
 
 
-def _build_and_rename(out: Path, seed: int, sizes: tuple[int, int, int]) -> bool:
+def _build_and_rename(
+    out: Path, seed: int, sizes: tuple[int, int, int], kind: SyntheticKind = SHAPES
+) -> bool:
     """True if our build became `out`; False if another process's did first."""
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
     try:
-        _generate_into(tmp, seed, sizes)
+        _generate_into(tmp, seed, sizes, kind)
         os.rename(tmp, out)  # atomic; fails if `out` is a non-empty folder
         return True
     except OSError as exc:
@@ -422,15 +532,19 @@ def default_cache_dir() -> Path:
 
 
 def ensure_synthetic(
-    cache_dir: str | os.PathLike[str] | None = None, seed: int = 0
+    cache_dir: str | os.PathLike[str] | None = None,
+    seed: int = 0,
+    kind: str | SyntheticKind = "shapes",
 ) -> SyntheticPaths:
-    """The default-size data set for `seed`, generated on first use and reused afterwards.
+    """The default-size data set of `kind` for `seed`, generated on first use and reused
+    afterwards (`<cache>/synthetic-v1-seed0`, `<cache>/synthetic-fine-v1-seed0`, …).
 
     Concurrent callers may both generate; the first rename wins and the others discard
     their copy.
     """
+    spec = synthetic_kind(kind)
     base = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    paths = SyntheticPaths(base / f"synthetic-v{VERSION}-seed{seed}")
+    paths = SyntheticPaths(base / f"{spec.cache_prefix}-v{VERSION}-seed{seed}")
     if not paths.exists():
-        _build_and_rename(paths.root, seed, DEFAULT_SIZES)
+        _build_and_rename(paths.root, seed, DEFAULT_SIZES, spec)
     return paths

@@ -59,6 +59,40 @@ def hidden_ground_truth(src: Path | None, images: Path | None) -> CocoDataset | 
     return coco if coco.annotations else None
 
 
+def split_files(run_dir: Path, train_ann: str | Path, cfg: RunConfig) -> tuple[Path, Path]:
+    """Where a run keeps its `labeled_percent` split of `train_ann`: the labeled part and the
+    rest, `splits/<stem>.<fold>@<percent>.json` and `…-unlabeled.json`."""
+    stem = f"{Path(train_ann).stem}.{cfg.data.fold}@{cfg.data.labeled_percent:g}"
+    return run_dir / "splits" / f"{stem}.json", run_dir / "splits" / f"{stem}-unlabeled.json"
+
+
+def labeled_source(cfg: RunConfig, run_dir: Path | None) -> tuple[Path, Path | None]:
+    """The labeled COCO file a run trained on and its image root: the split it saved under
+    `run_dir/splits/` when it split `train_ann`, else `train_ann` itself (the synthetic train
+    split in synthetic mode)."""
+    data = cfg.data
+    train_ann, images = data.train_ann, data.train_images
+    if data.synthetic:
+        from ssodkit.data.synthetic import ensure_synthetic
+
+        paths = ensure_synthetic(seed=data.synthetic_seed, kind=data.synthetic_kind)
+        train_ann, images = paths.train, paths.images
+    assert train_ann is not None
+    if data.labeled_percent is None:
+        return Path(train_ann), images
+    if run_dir is None:
+        raise DataError(
+            f"the run trained on a {data.labeled_percent:g}% split of {train_ann}, kept in its run folder's "
+            "splits/; give the run folder, or the labeled COCO file (--gt)"
+        )
+    labeled = split_files(run_dir, train_ann, cfg)[0]
+    if not labeled.is_file():
+        raise DataError(f"{labeled}: the run's labeled split is missing; give the labeled COCO file (--gt)")
+    if images is None:  # the split's file names are relative to train_ann's guessed root, not to splits/
+        images = load_coco(train_ann, check_images="none", remedy=CHECK_REMEDY).image_root
+    return labeled, images
+
+
 def resolve_sources(
     cfg: RunConfig, run_dir: Path, dist: DistInfo, need_unlabeled: bool, remedy: str = SKIP_INVALID_REMEDY
 ) -> DataSources:
@@ -72,9 +106,9 @@ def resolve_sources(
         from ssodkit.data.synthetic import ensure_synthetic
 
         if dist.is_main:
-            paths = ensure_synthetic(seed=data.synthetic_seed)
+            paths = ensure_synthetic(seed=data.synthetic_seed, kind=data.synthetic_kind)
         barrier(dist)
-        paths = ensure_synthetic(seed=data.synthetic_seed)
+        paths = ensure_synthetic(seed=data.synthetic_seed, kind=data.synthetic_kind)
         train_ann, train_images = paths.train, paths.images
         val_ann, val_images = val_ann or paths.val, val_images or (paths.images if val_ann is None else None)
         if unlabeled_src is None and data.labeled_percent is None:
@@ -85,9 +119,9 @@ def resolve_sources(
     if data.labeled_percent is not None:
         train, rest = split_dataset(train, data.labeled_percent, data.fold)
         if dist.is_main:
-            stem = f"{Path(train_ann).stem}.{data.fold}@{data.labeled_percent:g}"
-            train.save(run_dir / "splits" / f"{stem}.json")
-            rest.save(run_dir / "splits" / f"{stem}-unlabeled.json")
+            labeled_file, rest_file = split_files(run_dir, train_ann, cfg)
+            train.save(labeled_file)
+            rest.save(rest_file)
         if unlabeled_src is None:
             unlabeled = rest
     unlabeled_gt = unlabeled if unlabeled is not None and unlabeled.annotations else None

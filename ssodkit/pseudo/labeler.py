@@ -68,6 +68,30 @@ def resolve_score_thr(score_thr: float | None, detector: Any) -> float:
     return float(getattr(detector, "default_pseudo_thr", DEFAULT_SCORE_THR))
 
 
+def run_param(cfg: RunConfig, name: str, default: Any) -> Any:
+    """A pseudo-label setting as the run trained with it: set in its config, else its
+    method's own default (Soft Teacher's τ is 0.5), else `default` (the detector's)."""
+    value = cfg.method.params.get(name)
+    if value is None:
+        from pydantic import ValidationError
+
+        from ssodkit.errors import SsodkitError
+        from ssodkit.plugins import method_class
+
+        try:
+            method = method_class(cfg.method.name)
+            value = getattr(method.Params.model_validate(cfg.method.params), name, None)
+        except (SsodkitError, ValidationError):  # a method no longer installed, or changed: fall back
+            value = None
+    return default if value is None else value
+
+
+def run_score_thr(cfg: RunConfig, detector: Any, score_thr: float | None = None) -> float:
+    """τ for a trained run's model: `score_thr` if given, else the run's (`run_param`), else
+    the detector's default — what its pseudo-labeler kept."""
+    return resolve_score_thr(score_thr if score_thr is not None else run_param(cfg, "score_thr", None), detector)
+
+
 def apply_empty_image_rule(pseudo: PseudoLabels, rule: EmptyImages) -> PseudoLabels:
     """Zero the loss weight of images left without a pseudo box.
 

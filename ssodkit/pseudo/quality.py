@@ -232,6 +232,11 @@ def check_thresholds(what: str, values: Sequence[float]) -> None:
         raise ConfigError(f"{what} must be in [0, 1], got {list(values)}")
 
 
+def check_iou(iou: float) -> None:
+    if not 0.0 < iou <= 1.0:
+        raise ConfigError(f"IoU threshold must be in (0, 1], got {iou}")
+
+
 def pseudo_label_quality(
     gt: CocoDataset | Mapping[str, Any],
     results: Sequence[Mapping[str, Any]],

@@ -61,12 +61,11 @@ from ssodkit.errors import (
     CapabilityError,
     ConfigError,
     DataError,
-    SsodkitError,
     unknown_name,
 )
 from ssodkit.mixing import MixItem, Placement, pseudo_mixup, pseudo_mosaic
 from ssodkit.pseudo.filters import above_threshold
-from ssodkit.pseudo.labeler import resolve_score_thr
+from ssodkit.pseudo.labeler import run_param, run_score_thr
 from ssodkit.pseudo.labels import project_detections
 from ssodkit.rng import SEED_BITS, seeded_generator
 from ssodkit.views.geometry import MIN_BOX_SIZE, identity_matrix
@@ -288,7 +287,7 @@ def _mosaic_samples(
 def _mosaic_size(cfg: RunConfig, strong: Sequence[_Sample]) -> tuple[int, int]:
     """The tile size the run trained with (MixPL), else half to all of the median longer
     side of the strong views — the scale at which the student saw whole images."""
-    size = _run_param(cfg, "mosaic_size", None)  # a method that trained with mosaics says so
+    size = run_param(cfg, "mosaic_size", None)  # a method that trained with mosaics says so
     if size is not None:
         return int(size[0]), int(size[1])
     longer = int(statistics.median(max(s.image.shape[-2:]) for s in strong))
@@ -409,7 +408,7 @@ def _student_samples(
     cfg: RunConfig, fill: Sequence[float], seed: int,
 ) -> dict[str, list[_Sample]]:
     """Each chosen view's student inputs with their pseudo and GT targets."""
-    drop = float(_run_param(cfg, "drop_covered", DROP_COVERED))
+    drop = float(run_param(cfg, "drop_covered", DROP_COVERED))
 
     def project(state_of: Callable[[_Source], ViewState]) -> list[_Sample]:
         out = []
@@ -461,23 +460,6 @@ def _check_dense(model: nn.Module, detector: str) -> None:
     )
 
 
-def _run_param(cfg: RunConfig, name: str, default: Any) -> Any:
-    """A pseudo-label setting as the run trained with it: set in its config, else its
-    method's own default (Soft Teacher's τ is 0.5), else `default` (the detector's)."""
-    value = cfg.method.params.get(name)
-    if value is None:
-        from pydantic import ValidationError
-
-        from ssodkit.plugins import method_class
-
-        try:
-            method = method_class(cfg.method.name)
-            value = getattr(method.Params.model_validate(cfg.method.params), name, None)
-        except (SsodkitError, ValidationError):  # a method no longer installed, or changed: fall back
-            value = None
-    return default if value is None else value
-
-
 # --------------------------------------------------------------------------- public API
 def gradient_density(
     checkpoint: str | Path,
@@ -520,7 +502,7 @@ def gradient_density(
     student, cfg, classes = loaded.model, loaded.cfg, loaded.classes
     _check_dense(student, cfg.detector.name)
     check_same_classes(classes, coco.class_names, checkpoint, ann)
-    thr = resolve_score_thr(score_thr if score_thr is not None else _run_param(cfg, "score_thr", None), student)
+    thr = run_score_thr(cfg, student, score_thr)
 
     sources = _load_sources(EvalDataset(coco.subset(coco.image_ids[:max_images]), identity_view), cfg, seed)
 

@@ -34,7 +34,6 @@ import numpy as np
 from pydantic import BaseModel
 
 from ssodkit.data.coco import CocoDataset
-from ssodkit.errors import ConfigError
 from ssodkit.pseudo.filters import above_threshold
 from ssodkit.pseudo.quality import (  # noqa: F401 - box_iou, match_detections, pseudo_label_quality: public here too
     FP,
@@ -43,6 +42,7 @@ from ssodkit.pseudo.quality import (  # noqa: F401 - box_iou, match_detections, 
     BoxSet,
     Catalog,
     box_iou,
+    check_iou,
     check_thresholds,
     match_all,
     match_detections,
@@ -273,11 +273,6 @@ def _class_stats(
     return out
 
 
-def _check_iou(iou: float) -> None:
-    if not 0.0 < iou <= 1.0:
-        raise ConfigError(f"IoU threshold must be in (0, 1], got {iou}")
-
-
 # --------------------------------------------------------------------------- public API
 def compute_pseudo_stats(
     gt: CocoDataset | Mapping[str, Any],
@@ -298,7 +293,7 @@ def compute_pseudo_stats(
     `image_ids` restricts the GT to the images the pseudo-labels were made for, so that
     recall does not count GT of images never labelled; detections elsewhere raise DataError.
     """
-    _check_iou(iou)
+    check_iou(iou)
     check_thresholds("score threshold", [score_thr])
     check_thresholds("score thresholds", score_thresholds)
     check_thresholds("IoU thresholds", iou_thresholds)
