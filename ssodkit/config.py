@@ -81,6 +81,9 @@ class MethodConfig(BaseModel):
         return dict(self.model_extra or {})
 
 
+BURN_IN_MAX_CAP = 2000  # the default teacher.burn_in_max: half the schedule, at most this
+
+
 class TeacherConfig(_Section):
     """The EMA teacher, which the trainer owns: θ_t ← (1 − m)·θ_t + m·θ_s after each step.
 
@@ -99,7 +102,30 @@ class TeacherConfig(_Section):
         "student, or left alone (mmdet, whose backbone BN is frozen)"
     )
     interval: int = Field(1, ge=1, description="update the teacher after every N-th step (MixPL: 3)")
-    burn_in: int = Field(0, ge=0, description="supervised-only iterations; the teacher copies the student until then")
+    burn_in: int | Literal["auto"] = Field(
+        0, description="supervised-only iterations; the teacher copies the student until then. "
+        "auto = until the labeled probe's pseudo-labels are precise and their recall stops rising"
+    )
+    burn_in_max: int | None = Field(
+        None, ge=1, description="auto: end the burn-in here at the latest; null = half of schedule.iters, "
+        f"at most {BURN_IN_MAX_CAP}"
+    )
+    burn_in_check: int = Field(100, gt=0, description="auto: probe every N iterations during burn-in")
+    burn_in_precision: float = Field(
+        0.5, ge=0, le=1, description="auto: the probe's pseudo-label precision (IoU 0.5, at τ) must reach this"
+    )
+    burn_in_patience: int = Field(
+        2, ge=1, description="auto: … and its recall must not have risen over the last N probes"
+    )
+    burn_in_min_delta: float = Field(0.01, ge=0, description="auto: a recall rise of at most this is no rise")
+
+    @field_validator("burn_in", mode="before")
+    @classmethod
+    def _count_or_auto(cls, value: Any) -> Any:
+        """One line for a bad value, not one per member of the union."""
+        if value == "auto" or (isinstance(value, int) and not isinstance(value, bool) and value >= 0):
+            return value
+        raise ValueError("must be an iteration count ≥ 0 or 'auto'")
 
 
 class OptimConfig(_Section):
@@ -161,6 +187,10 @@ class EvalConfig(_Section):
     pseudo_images: int = Field(
         100, ge=0, description="unlabeled images whose pseudo-labels are scored against hidden "
         "ground truth at each eval (benchmark mode; 0 = off)"
+    )
+    probe_images: int = Field(
+        32, ge=0, description="labeled images (still trained on) pseudo-labeled as unlabeled ones are and "
+        "scored against their own boxes at each eval (probe/… metrics; teacher.burn_in: auto reads it; 0 = off)"
     )
 
 
@@ -375,6 +405,11 @@ def resolve_method(cfg: RunConfig) -> RunConfig:
         resolved_teacher = TeacherConfig.model_validate({**cfg.teacher.model_dump(), **teacher})
     except ValidationError as exc:
         raise ConfigError(format_validation_error(exc, TeacherConfig, prefix="teacher.")) from None
+    if resolved_teacher.burn_in == "auto" and cfg.eval.probe_images == 0:
+        raise ConfigError("invalid config: teacher.burn_in = 'auto' reads the labeled probe; set eval.probe_images > 0")
+    if resolved_teacher.burn_in == "auto" and resolved_teacher.burn_in_max is None:
+        default_max = max(1, min(BURN_IN_MAX_CAP, cfg.schedule.iters // 2))
+        resolved_teacher = resolved_teacher.model_copy(update={"burn_in_max": default_max})
     return cfg.model_copy(update={"method": method_config(cfg.method.name, params), "teacher": resolved_teacher})
 
 

@@ -24,6 +24,7 @@ from ssodkit.config import RunConfig, resolve_method, save_config
 from ssodkit.data.coco import SKIP_INVALID_REMEDY
 from ssodkit.detectors.protocol import check_capabilities
 from ssodkit.engine import checkpoint as ckpt
+from ssodkit.engine.burn_in import BurnIn
 from ssodkit.engine.data_setup import TrainData, build_train_data
 from ssodkit.engine.distributed import (
     DistInfo,
@@ -36,6 +37,7 @@ from ssodkit.engine.distributed import (
 from ssodkit.engine.ema import EMA
 from ssodkit.engine.metrics import MetricsLog
 from ssodkit.engine.predict import autocast_context, evaluate_model
+from ssodkit.engine.probe import LabeledProbe, spread
 from ssodkit.engine.progress import TrainProgress
 from ssodkit.engine.runtime import (
     build_model,
@@ -198,6 +200,7 @@ class Trainer:
                 warning = fast_teacher_warning(self.ema)
                 if warning is not None:
                     self._say(f"warning: {warning}", style="yellow")
+        self._set_up_probe()
         self.optimizer = build_optimizer(self.model, cfg)
         self.scheduler = build_scheduler(self.optimizer, cfg.schedule)
         self.scaler = torch.amp.GradScaler(
@@ -245,6 +248,7 @@ class Trainer:
             "classes": self.classes,
             "index_to_cat_id": self.data.index_to_cat_id,
             "iteration": self.iteration,
+            "burn_in": self.burn_in.state_dict(),  # with teacher.burn_in: auto, the iteration it chose
             "student": self.model.state_dict(),
             "teacher": self.teacher.state_dict() if self.teacher is not None else None,
             "optimizer": self.optimizer.state_dict(),
@@ -269,6 +273,7 @@ class Trainer:
         self.scaler.load_state_dict(state["scaler"])
         self.method.load_state_dict(state.get("method", {}))
         self.iteration = int(state["iteration"])
+        self.burn_in.load_state_dict(state.get("burn_in"))
         self.skipped_steps = int(state.get("skipped_steps", 0))
         self.best = state.get("best")
         self.best_eval = ckpt.BestEval.from_state(state.get("best_eval"))
@@ -285,8 +290,8 @@ class Trainer:
     def train_step(self, batch: Any) -> dict[str, float] | None:
         """One optimiser step; None when it was skipped for a non-finite loss or gradient."""
         labeled, unlabeled = self.data.to_device(batch, self.device)
-        burn_in = self.cfg.teacher.burn_in
-        if self.teacher is not None and self.iteration < burn_in:
+        supervised_only = self.teacher is not None and self.burn_in.active(self.iteration)
+        if supervised_only:
             unlabeled = None  # supervised only until the teacher is ready
         self.model.train()
         # A skipped step must leave the student as it was, BatchNorm statistics included: a
@@ -311,10 +316,11 @@ class Trainer:
             return self._skip(buffers)
         self.scaler.step(self.optimizer)
         self.scaler.update()
-        if self.teacher is not None and self.iteration < burn_in:
+        if supervised_only:
             self.teacher.load_state_dict(self.model.state_dict())  # teacher = student when burn-in ends
         elif self.teacher is not None:
-            self.ema.update(self.teacher, self.model, self.iteration - burn_in)
+            assert self.burn_in.end is not None
+            self.ema.update(self.teacher, self.model, self.iteration - self.burn_in.end)
         out = {k: float(v.detach()) for k, v in losses.items()}
         out["loss"] = float(total.detach())
         out.update(self.method.stats)
@@ -374,6 +380,53 @@ class Trainer:
         quality = pseudo_label_quality(subset, results, None, image_ids=subset.image_ids)
         return {f"pseudo/{k}": v for k, v in quality.items()}
 
+    # ------------------------------------------------------------------ labeled probe, burn-in
+    def _set_up_probe(self) -> None:
+        """The labeled probe (`eval.probe_images` evenly spread labeled images, still trained
+        on) and the burn-in schedule, which reads it when `teacher.burn_in` is `auto`."""
+        self.burn_in = BurnIn(self.cfg.teacher)
+        self.probe: LabeledProbe | None = None
+        if self.cfg.eval.probe_images > 0:
+            self.probe = LabeledProbe(
+                self.data.sources.train, spread(self.data.train_dataset.image_ids, self.cfg.eval.probe_images),
+                build_view("weak", self.cfg.views), self.cfg.train.seed, self.data.unreadable.record,
+            )
+
+    def probe_quality(self) -> dict[str, float]:
+        """Pseudo-label precision / recall on the labeled probe, the boxes kept as the method
+        keeps the unlabeled ones (its pseudo-labeler; the detector's τ for SED and supervised).
+        The teacher is probed, or the student of a method without one. Identical on every
+        rank (rank 0's); the global RNGs are left as they were."""
+        if self.probe is None:
+            return {}
+        labeler = self.method.labeler or PseudoLabeler(PseudoLabelParams(), self.classes, self.model)
+        quality = self.probe.score(
+            self.teacher if self.teacher is not None else self.model, labeler.keep, self.data.index_to_cat_id,
+            batch_size=self.cfg.eval.batch_size, device=self.device, dist=self.dist, amp_dtype=self.amp_dtype,
+        )
+        return broadcast_object(quality, self.dist)
+
+    def _update_burn_in(self) -> None:
+        """`teacher.burn_in: auto`: probe when due, log it, end the burn-in when the rule says."""
+        if self.teacher is None or not self.burn_in.due(self.iteration):
+            return
+        quality = self.probe_quality()
+        p, r = quality["probe/precision50"], quality["probe/recall50"]
+        reason = self.burn_in.observe(self.iteration, p, r)
+        self.metrics.write({"type": "probe", "iter": self.iteration, **quality})
+        if reason is None:
+            return
+        self.metrics.write({"type": "burn_in_end", "iter": self.iteration, "reason": reason, **quality})
+        t = self.cfg.teacher
+        why = (
+            f"precision ≥ {t.burn_in_precision:g}, recall flat over the last {t.burn_in_patience} probe(s)"
+            if reason == "probe" else f"teacher.burn_in_max {t.burn_in_max}"
+        )
+        self._progress.print(
+            f"iter {self.iteration}: burn-in ends (labeled probe P {100 * p:.0f}% R {100 * r:.0f}% @IoU.5; {why}); "
+            "unlabeled images from the next step"
+        )
+
     def _evaluate_or_save(self) -> dict[str, EvalResult]:
         """Evaluate; if that fails (a damaged val image in strict mode, a full disk), keep the
         training done so far and say how to go on."""
@@ -404,6 +457,8 @@ class Trainer:
         record["best_role"] = role
         quality = self.pseudo_label_quality()
         record.update(quality)
+        probe = self.probe_quality()
+        record.update(probe)
         self.metrics.write(record)
         parts = [f"{name} mAP {100 * (r.map or 0):.1f}" for name, r in results.items()]
         if quality:
@@ -411,6 +466,8 @@ class Trainer:
                 f"pseudo-labels P {100 * quality['pseudo/precision50']:.0f}% "
                 f"R {100 * quality['pseudo/recall50']:.0f}% @IoU.5"
             )
+        if probe:
+            parts.append(f"labeled probe P {100 * probe['probe/precision50']:.0f}% R {100 * probe['probe/recall50']:.0f}%")
         improved = self.best is None or score > self.best
         if improved:
             self.best = score
@@ -466,6 +523,7 @@ class Trainer:
                             **means,
                         })
                         window = {}
+                    self._update_burn_in()
                     is_last = self.iteration == total_iters
                     if self.iteration % cfg.eval.interval == 0 or is_last:
                         final, final_iter = self._evaluate_or_save(), self.iteration
