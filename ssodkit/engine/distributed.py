@@ -59,6 +59,17 @@ def all_gather_objects(obj: Any, info: DistInfo) -> list[Any]:
     return out
 
 
+def all_gather_tensors(*tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """Each tensor concatenated (first dimension) over the ranks of the default process group,
+    rank 0's first, on its own device; unchanged in a single process. For small per-step
+    tensors (pseudo-label scores): they travel as objects, so their lengths may differ."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return tensors
+    parts: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(parts, [t.detach().cpu() for t in tensors])
+    return tuple(torch.cat([p[i] for p in parts]).to(t.device) for i, t in enumerate(tensors))
+
+
 def broadcast_object(obj: Any, info: DistInfo) -> Any:
     if not info.enabled:
         return obj

@@ -5,14 +5,22 @@ from __future__ import annotations
 import time
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 
 
 def format_losses(losses: dict[str, float]) -> str:
     """Every term, as metrics.jsonl names it: a method's unsupervised terms (SED on Faster
     R-CNN logs eight) are what a user reads to see why pseudo-labels help or hurt, so none
-    may be cut off. The total comes first."""
-    items = sorted(losses.items(), key=lambda kv: kv[0] != "loss")
+    may be cut off. The total comes first. An adaptive threshold's τ per class (`thr/…`, one
+    per class) stays in metrics.jsonl only."""
+    items = sorted(((k, v) for k, v in losses.items() if not k.startswith("thr/")), key=lambda kv: kv[0] != "loss")
     return " ".join(f"{k}={v:.3f}" for k, v in items)
 
 

@@ -142,9 +142,11 @@ class MixPL(TeacherStudent):
     ) -> dict[str, Tensor]:
         p: MixPLParams = self.params
         weak, strong = unlabeled["weak"], unlabeled["strong"]
-        # every score is kept: the threshold comes after mixing
+        # every score is kept: the threshold comes after mixing (an adaptive one learns here)
         labeler = self.pseudo_labeler
-        projected = labeler.project_all(labeler.predict(teacher, weak), weak, strong)
+        detections = labeler.predict(teacher, weak)
+        labeler.observe(detections)
+        projected = labeler.project_all(detections, weak, strong)
         fresh = [MixItem.from_detections(img, det) for img, det in zip(strong.images, projected)]
         current = [self._erase(i) for i in fresh] if p.erase else fresh
         ready = self.cache_full
@@ -161,11 +163,13 @@ class MixPL(TeacherStudent):
     # ------------------------------------------------------------------ resume
     def state_dict(self) -> dict[str, Any]:
         return {
+            **super().state_dict(),
             "cache": [_to(i, torch.device("cpu")).__dict__ for i in self.cache],
             "generator": self.generator.get_state(),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
         self.cache = [MixItem(**{k: v for k, v in item.items() if k != "placements"}) for item in state.get("cache", [])]
         if "generator" in state:
             self.generator.set_state(state["generator"])

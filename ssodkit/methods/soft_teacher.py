@@ -75,7 +75,7 @@ class SoftTeacher(TeacherStudent):
         image_list, features = model.features(weak.images)
         detections = model.detect(image_list, features, model.proposals(image_list, features))
         view = TeacherView(model, image_list, features, weak.matrices)
-        return view, self.pseudo_labeler.filter(PseudoLabels.from_detections(detections))
+        return view, self.pseudo_labeler.filter(PseudoLabels.from_detections(detections), observe=True)
 
     def jitter_generator(self, weak: ViewBatch, it: int) -> torch.Generator:
         """Seeded by run seed, iteration and image ids: reproducible, exact on resume, and

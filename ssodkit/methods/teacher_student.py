@@ -131,6 +131,12 @@ class TeacherStudent(Method):
         self.stats["pseudo_per_image"] = sum(pseudo.counts) / n
         self.stats["pseudo_empty_frac"] = sum(c == 0 for c in pseudo.counts) / n
 
+    def record_threshold_stats(self) -> None:
+        """The τ an adaptive `threshold_policy` chose this step (`thr/…`; none when fixed)."""
+        for key in [k for k in self.stats if k.startswith("thr/")]:
+            del self.stats[key]
+        self.stats.update(self.pseudo_labeler.stats)
+
     def step(
         self,
         student: ModelHandle,
@@ -144,4 +150,15 @@ class TeacherStudent(Method):
             return losses
         with unlabeled_batchnorm(student.module, self.params.unlabeled_bn_stats):
             losses.update(self.unsupervised_loss(student, teacher, unlabeled, it))
+        if self.labeler is not None:
+            self.record_threshold_stats()
         return losses
+
+    # ------------------------------------------------------------------ resume
+    def state_dict(self) -> dict[str, Any]:
+        """The pseudo-labeler's state (an adaptive threshold's score buffers)."""
+        return {"labeler": self.labeler.state_dict()} if self.labeler is not None else {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if self.labeler is not None and "labeler" in state:
+            self.labeler.load_state_dict(state["labeler"])

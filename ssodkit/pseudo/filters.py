@@ -64,11 +64,28 @@ class ClassAgnosticNMS:
 
 
 class FilterChain:
+    """Filters applied in order. A stateful filter (an adaptive threshold: it has `observe`)
+    learns only from training steps (`observe`), never from evaluation or statistics."""
+
     def __init__(self, filters: Sequence[PseudoFilter]) -> None:
         self.filters = list(filters)
 
     def __call__(self, pseudo: PseudoLabels) -> PseudoLabels:
         for f in self.filters:
+            pseudo = f(pseudo)
+        return pseudo
+
+    @property
+    def stateful(self) -> list[Any]:
+        return [f for f in self.filters if hasattr(f, "observe")]
+
+    def observe(self, pseudo: PseudoLabels) -> PseudoLabels:
+        """The chain on a training step's boxes: each stateful filter first learns from the
+        boxes that reach it, then filters them."""
+        for f in self.filters:
+            observe = getattr(f, "observe", None)
+            if observe is not None:
+                observe(pseudo)
             pseudo = f(pseudo)
         return pseudo
 
@@ -89,12 +106,24 @@ def resolve_class_thresholds(values: dict[str, float] | None, class_names: list[
 FilterFactory = Callable[[Any, list[str]], PseudoFilter]
 
 
-def score_filter(params: Any, class_names: list[str]) -> ScoreThreshold:
-    return ScoreThreshold(
+def score_filter(params: Any, class_names: list[str]) -> PseudoFilter:
+    """τ by `params.threshold_policy`: fixed (`ScoreThreshold`), `gmm` or `mean_std`
+    (`ssodkit/pseudo/thresholds.py`, docs/methods/thresholds.md)."""
+    fixed = ScoreThreshold(
         params.score_thr,
         resolve_class_thresholds(getattr(params, "class_score_thr", None), class_names),
         len(class_names),
     )
+    policy = getattr(params, "threshold_policy", "fixed")
+    if policy == "fixed":
+        return fixed
+    from ssodkit.pseudo.thresholds import GMMThreshold, MeanStdThreshold
+
+    if policy == "gmm":
+        return GMMThreshold(fixed.table[: len(class_names)], class_names, params.gmm_buffer, params.gmm_topk_ratio)
+    if params.mean_std_floor is None or params.mean_std_cap is None:
+        raise ConfigError("threshold_policy mean_std: mean_std_floor / mean_std_cap not resolved for the detector")
+    return MeanStdThreshold(params.mean_std_floor, params.mean_std_cap, params.mean_std_topk)
 
 
 def class_agnostic_nms_filter(params: Any, class_names: list[str]) -> ClassAgnosticNMS:
