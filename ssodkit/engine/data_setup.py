@@ -168,6 +168,11 @@ class MultiViewDataset(Dataset):
     def __len__(self) -> int:
         return len(self.base)
 
+    @property
+    def image_ids(self) -> list[int]:
+        """The base data set's image ids, in its index order (the probe picks from them)."""
+        return self.base.image_ids
+
     def __getitem__(self, index: tuple[int, int]) -> dict[str, dict[str, Any]]:
         image_index, seed = index
         plain = self.base._sample(image_index, seeded_generator(seed))  # identity view
