@@ -10,7 +10,9 @@ burn-in on the 10 % labeled split (`recipes/_base_/synthetic_long.yaml`, a model
 size cheap enough for 2 CPU cores), then every method continues from that checkpoint for
 `--iters` iterations with the same seed — `supervised` is the baseline trained for the same
 total iterations. `--variant full --set data.labeled_percent=null` gives the fully-labeled
-ceiling; any other `--variant` names a set of overrides (e.g. a threshold policy) so that its
+ceiling; `--methods oracle` (or `oracle:drop50`, `oracle:fp100`, `oracle:wrongclass`) is Mean
+Teacher with the unlabeled images' hidden boxes as pseudo-labels
+(`benchmarks/diagnostics/oracle_teacher.py`), the ceiling of the teacher's side; any other `--variant` names a set of overrides (e.g. a threshold policy) so that its
 rows sit beside the defaults'. Runs are subprocesses of `ssodkit train`; a finished run is
 skipped, an interrupted one resumed, so the command can simply be run again.
 
@@ -45,6 +47,20 @@ class Job:
     args: list[str]
     iters: int
     after: list[str] = field(default_factory=list)
+    # What runs the args: `ssodkit train` from this checkout, or a script that takes its
+    # options after `--` (the oracle-teacher diagnostic).
+    program: list[str] = field(default_factory=lambda: ["-c", "from ssodkit.cli.app import main; main()", "train"])
+
+
+ORACLE = "oracle"  # `--methods oracle` or `oracle:drop50` etc.: Mean Teacher with the hidden boxes as pseudo-labels
+
+
+def method_program(method: str) -> tuple[str, list[str] | None]:
+    """The recipe's method and, for an oracle variant, the diagnostic's command prefix."""
+    if method == ORACLE or method.startswith(ORACLE + ":"):
+        mode = method.partition(":")[2] or "oracle"
+        return "mean_teacher", ["benchmarks/diagnostics/oracle_teacher.py", "--mode", mode, "--"]
+    return method, None
 
 
 def run_dir_state(run_dir: Path, iters: int) -> str:
@@ -81,15 +97,17 @@ def plan(args: argparse.Namespace) -> list[Job]:
             "--set", f"schedule.warmup_iters={min(100, args.burn_in // 10)}", *common,
         ], args.burn_in))
         for method in args.methods:
-            tag = method if args.variant is None else f"{method}+{args.variant}"
+            recipe_method, program = method_program(method)
+            tag = method.replace(":", "-") if args.variant is None else f"{method.replace(':', '-')}+{args.variant}"
             name = f"{tag}-{args.detector}-s{seed}"
             overrides = [x for kv in args.set for x in ("--set", kv)]
+            extra = {"program": program} if program is not None else {}
             jobs.append(Job(name, [
-                "--config", str(method_recipe(method, args.detector)), *size_flags,
+                "--config", str(method_recipe(recipe_method, args.detector)), *size_flags,
                 "--seed", str(seed), "--iters", str(args.iters), "--name", name,
                 "--init-from", str(args.runs_dir / burn / "checkpoints" / "last.pt"),
                 "--set", "schedule.warmup_iters=100", *common, *overrides,
-            ], args.iters, after=[burn]))
+            ], args.iters, after=[burn], **extra))
     return jobs
 
 
@@ -98,7 +116,8 @@ def execute(jobs: list[Job], runs_dir: Path, parallel: int) -> None:
     cores/parallel threads), dependencies first; each run's console goes to <run>.log."""
     runs_dir.mkdir(parents=True, exist_ok=True)
     threads = max(1, (os.cpu_count() or 1) // parallel)
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads), "PYTHONPATH": path}
     pending = {j.name: j for j in jobs if run_dir_state(runs_dir / j.name, j.iters) != "done"}
     done = {j.name for j in jobs} - set(pending)
     running: dict[str, tuple[subprocess.Popen, float]] = {}
@@ -126,8 +145,7 @@ def execute(jobs: list[Job], runs_dir: Path, parallel: int) -> None:
                 shutil.rmtree(run_dir)  # a benchmark-owned folder killed before its first checkpoint
             # This checkout's code (not whatever `ssodkit` is installed): runs started hours apart
             # stay comparable while the working tree changes elsewhere.
-            cmd = [sys.executable, "-c", "from ssodkit.cli.app import main; main()", "train",
-                   *(["--resume", str(run_dir)] if state == "resume" else job.args)]
+            cmd = [sys.executable, *job.program, *(["--resume", str(run_dir)] if state == "resume" else job.args)]
             log = open(runs_dir / f"{name}.log", "a")  # noqa: SIM115 - closed with the process
             print(f"start {name} ({state})", flush=True)
             proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
@@ -262,6 +280,7 @@ def main() -> None:
     if args.command == "run":
         execute(plan(args), args.runs_dir.resolve(), args.jobs)
         return
+    sys.path.insert(0, str(ROOT))  # this checkout's ssodkit, as the runs use
     from ssodkit.io import write_json_atomic
 
     result = report(args.runs_dir)
