@@ -102,6 +102,11 @@ class TeacherConfig(_Section):
         "student, or left alone (mmdet, whose backbone BN is frozen)"
     )
     interval: int = Field(1, ge=1, description="update the teacher after every N-th step (MixPL: 3)")
+    schedule_offset: int | None = Field(
+        None, ge=0, description="t of the schedule at this run's iteration 0; null = the iterations the "
+        "--init-from checkpoint's student trained (0 without one): t counts every iteration the student has "
+        "trained, so a teacher made from a trained model starts slow, as MixPL's would at that point of training"
+    )
     burn_in: int | Literal["auto"] = Field(
         0, description="supervised-only iterations; the teacher copies the student until then. "
         "auto = until the labeled probe's pseudo-labels are precise and their recall stops rising"

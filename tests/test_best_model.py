@@ -177,3 +177,33 @@ def test_init_from_takes_the_recorded_best_model_and_warns_about_a_fast_teacher(
 )
 def test_the_fast_teacher_rule_is_momentum_above_001_after_100_updates(momentum, gamma, warns):
     assert (fast_teacher_warning(EMA(momentum, gamma)) is not None) == warns
+
+
+def test_the_schedule_continues_from_the_init_checkpoints_iterations_and_its_first_update_uses_that_t(
+    student_wins, tiny_config
+):
+    """A teacher made from a checkpoint trained 3 iterations starts at t = 3 (m = γ/(γ+3)),
+    not at m = 1: t counts every iteration the student has trained. The resolved offset is
+    in config.yaml; a checkpoint trained long enough gives no fast-teacher warning."""
+    from ssodkit.config import load_saved_config
+    from ssodkit.engine.runtime import initial_weights
+
+    best = student_wins[0] / "checkpoints" / "best.pt"
+    cfg = tiny_config(output__name="offset", train__init_from=str(best), method__name="mean_teacher",
+                      train__unlabeled_batch_size=2, method__score_thr=0.0)
+    state = load_checkpoint(best)
+    assert initial_weights(best, cfg, state["classes"]).trained_iterations == state["iteration"]
+    trainer = Trainer(cfg)
+    try:
+        trained = state["iteration"]
+        assert trainer.cfg.teacher.schedule_offset == trained
+        assert load_saved_config(trainer.run_dir / "config.yaml").teacher.schedule_offset == trained
+        before = [p.clone() for p in trainer.teacher.parameters()]
+        assert trainer.train_step(next(trainer.data.batches(0))) is not None
+        m = 4.0 / (4.0 + trained)
+        for t, s, b in zip(trainer.teacher.parameters(), trainer.model.parameters(), before):
+            assert torch.allclose(t, (1 - m) * b + m * s, atol=1e-6)
+    finally:
+        trainer.close()
+    assert fast_teacher_warning(EMA(None, 4.0), offset=1000) is None
+    assert fast_teacher_warning(EMA(None, 4.0), offset=0) is not None

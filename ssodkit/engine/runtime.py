@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import nn
@@ -94,7 +94,18 @@ def inference_weights(state: dict[str, Any], weights: str = "auto") -> tuple[str
     return weights, ""
 
 
-def initial_weights(path: Path, cfg: RunConfig, classes: list[str]) -> tuple[RunConfig, dict[str, torch.Tensor], str]:
+class InitialWeights(NamedTuple):
+    """What `train.init_from` gives a run: the checkpoint's config, the detector weights,
+    which they are (`student weights (best at iter …)`), and how many iterations the
+    student behind them has trained (its run's and those before it)."""
+
+    source: RunConfig
+    weights: dict[str, torch.Tensor]
+    used: str
+    trained_iterations: int
+
+
+def initial_weights(path: Path, cfg: RunConfig, classes: list[str]) -> InitialWeights:
     """The config and detector weights of the checkpoint `train.init_from` names, checked
     against this run's detector and classes so that a mismatch is one line, not a
     load_state_dict traceback, and which they are (`student weights (best at iter …)`): the
@@ -113,7 +124,18 @@ def initial_weights(path: Path, cfg: RunConfig, classes: list[str]) -> tuple[Run
         pairs = ", ".join(f"{k} {theirs.get(k)!r} vs {mine[k]!r}" for k in differ)
         raise ConfigError(f"train.init_from = {path}: detector differs from this run's ({pairs})")
     used, note = inference_weights(state, "auto")
-    return source, state[used], f"{used} weights{f' ({note})' if note else ''}"
+    trained = int(state.get("iteration", 0)) + (source.teacher.schedule_offset or 0)
+    return InitialWeights(source, state[used], f"{used} weights{f' ({note})' if note else ''}", trained)
+
+
+def resolve_schedule_offset(cfg: RunConfig, init: InitialWeights | None = None) -> RunConfig:
+    """The run config with `teacher.schedule_offset: null` replaced by the value used (the
+    iterations the `init_from` student trained, else 0), recorded in `config.yaml` so that a
+    resumed run keeps it."""
+    if cfg.teacher.schedule_offset is not None:
+        return cfg
+    offset = init.trained_iterations if init is not None else 0
+    return cfg.model_copy(update={"teacher": cfg.teacher.model_copy(update={"schedule_offset": offset})})
 
 
 def resolve_freeze_bn(cfg: RunConfig, init_source: RunConfig | None = None) -> RunConfig:

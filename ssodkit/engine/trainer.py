@@ -45,6 +45,7 @@ from ssodkit.engine.runtime import (
     resolve_amp,
     resolve_device,
     resolve_freeze_bn,
+    resolve_schedule_offset,
 )
 from ssodkit.engine.schedule import build_scheduler
 from ssodkit.errors import SsodkitError
@@ -87,16 +88,17 @@ FAST_TEACHER_MOMENTUM = 0.01
 SLOW_TEACHER_HINT = "--set teacher.momentum=0.001"  # mmdet's constant
 
 
-def fast_teacher_warning(ema: EMA) -> str | None:
+def fast_teacher_warning(ema: EMA, offset: int = 0) -> str | None:
     """One line when a run started from a checkpoint has a teacher that follows the student
-    closely early on (the EMA momentum after 100 updates is above 0.01), else None."""
-    late = ema.momentum_at(FAST_TEACHER_UPDATES)
+    closely early on (the EMA momentum 100 iterations in is above 0.01), else None. `offset`
+    is the schedule's t at iteration 0 (`teacher.schedule_offset`)."""
+    late = ema.momentum_at(offset + FAST_TEACHER_UPDATES)
     if late <= FAST_TEACHER_MOMENTUM:
         return None
     if ema.momentum is None:
         how = (
-            f"the EMA schedule max(min_momentum, γ/(γ+t)) gives m = {ema.momentum_at(0):g} at the first update "
-            f"and {late:.3g} after {FAST_TEACHER_UPDATES}"
+            f"the EMA schedule max(min_momentum, γ/(γ+t)) from t = {offset} gives m = {ema.momentum_at(offset):.3g} "
+            f"at the first update and {late:.3g} after {FAST_TEACHER_UPDATES}"
         )
     else:
         how = f"the constant m = {late:g} is above {FAST_TEACHER_MOMENTUM:g}"
@@ -179,14 +181,15 @@ class Trainer:
         )
         self.classes = self.data.classes
 
-        init_source, init_weights = None, None
+        init = None
         if cfg.train.init_from is not None and resume is None:
-            init_source, init_weights, used = initial_weights(cfg.train.init_from, cfg, self.classes)
-            self._say(f"init from {cfg.train.init_from}: {used}")
-        cfg = resolve_freeze_bn(cfg, init_source)  # before the model is built
+            init = initial_weights(cfg.train.init_from, cfg, self.classes)
+            self._say(f"init from {cfg.train.init_from}: {init.used}")
+        cfg = resolve_freeze_bn(cfg, init.source if init is not None else None)  # before the model is built
+        cfg = resolve_schedule_offset(cfg, init)
         self.model = build_model(cfg, len(self.classes)).to(self.device)
-        if init_weights is not None:
-            self.model.load_state_dict(init_weights)
+        if init is not None:
+            self.model.load_state_dict(init.weights)
         check_capabilities(cfg.detector.name, self.model, cfg.method.name, self.method_cls.requires)
         self.cfg = cfg = resolve_for_detector(cfg, self.model)  # what config.yaml records
         self.method = self.method_cls.from_config(cfg, self.classes)
@@ -197,7 +200,7 @@ class Trainer:
             t = cfg.teacher
             self.ema = EMA(t.momentum, t.gamma, t.min_momentum, t.buffers, t.interval)
             if cfg.train.init_from is not None and resume is None:
-                warning = fast_teacher_warning(self.ema)
+                warning = fast_teacher_warning(self.ema, t.schedule_offset or 0)
                 if warning is not None:
                     self._say(f"warning: {warning}", style="yellow")
         self._set_up_probe()
@@ -320,7 +323,8 @@ class Trainer:
             self.teacher.load_state_dict(self.model.state_dict())  # teacher = student when burn-in ends
         elif self.teacher is not None:
             assert self.burn_in.end is not None
-            self.ema.update(self.teacher, self.model, self.iteration - self.burn_in.end)
+            # t counts every iteration the student has trained (burn-in and init_from's included)
+            self.ema.update(self.teacher, self.model, (self.cfg.teacher.schedule_offset or 0) + self.iteration)
         out = {k: float(v.detach()) for k, v in losses.items()}
         out["loss"] = float(total.detach())
         out.update(self.method.stats)
