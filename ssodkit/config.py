@@ -177,6 +177,10 @@ class TrainConfig(_Section):
     )
     checkpoint_interval: int = Field(200, gt=0)
     deterministic: bool = False
+    stop_on_collapse: bool = Field(
+        False, description="stop the run (saving last.pt; best.pt keeps the best model) when the collapse "
+        "watcher warns (docs/troubleshooting.md)"
+    )
 
     @property
     def unlabeled_per_step(self) -> int:
@@ -202,6 +206,14 @@ class EvalConfig(_Section):
 class OutputConfig(_Section):
     runs_dir: Path = Path("runs")
     name: str | None = Field(None, description="run folder name; default <method>-<detector>[-N]")
+    plots: bool = Field(True, description="write results.png at each evaluation (results.csv and summary.json always)")
+    samples: int = Field(
+        4, ge=0, le=16, description="unlabeled images drawn with the teacher's boxes in samples/iter_<N>.jpg at "
+        "each evaluation (0 = none)"
+    )
+    tensorboard: bool = Field(
+        False, description="also log scalars and the sample grid to <run>/tensorboard (pip install 'ssodkit[tensorboard]')"
+    )
 
     @field_validator("name")
     @classmethod
