@@ -118,6 +118,7 @@ def run_train(options: dict[str, Any], prepare: Callable[[Trainer], None] | None
     from ssodkit.cli.tables import per_class_table, results_table
     from ssodkit.config import build_config, load_saved_config
     from ssodkit.engine.checkpoint import better_role
+    from ssodkit.engine.summary import describe as describe_summary
     from ssodkit.engine.trainer import Trainer
 
     config, set_, resume = options.get("config"), options.get("set_"), options.get("resume")
@@ -157,12 +158,18 @@ def run_train(options: dict[str, Any], prepare: Callable[[Trainer], None] | None
                 results.print(per_class_table(summary.final[primary]))
             if summary.best_eval is not None:  # the model evaluate / pseudolabel on best.pt use
                 results.print(f"best.pt: {summary.best_eval.describe()}", markup=False)
+            for line in describe_summary(summary.summary):
+                results.print(line, markup=False)
             unreadable = trainer.data.unreadable.summary()
             results.print(
                 f"{summary.status}: {summary.iterations} iterations, {summary.sec_per_iter:.2f} s/it, "
                 f"{summary.skipped_steps} skipped steps{', ' + unreadable if unreadable else ''}; "
                 f"run folder {summary.run_dir}",
                 markup=False,
+            )
+            results.print(
+                f"look at {summary.run_dir / 'results.csv'}, results.png and samples/ "
+                f"(ssodkit report {summary.run_dir} compares runs)", markup=False,
             )
     finally:
         trainer.close()

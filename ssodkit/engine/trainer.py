@@ -28,6 +28,7 @@ from ssodkit.engine.burn_in import BurnIn
 from ssodkit.engine.data_setup import TrainData, build_train_data
 from ssodkit.engine.distributed import (
     DistInfo,
+    all_gather_objects,
     any_rank,
     barrier,
     broadcast_object,
@@ -35,10 +36,11 @@ from ssodkit.engine.distributed import (
     shutdown_distributed,
 )
 from ssodkit.engine.ema import EMA
-from ssodkit.engine.metrics import MetricsLog
+from ssodkit.engine.metrics import MetricsLog, read_metrics
 from ssodkit.engine.predict import autocast_context, evaluate_model
 from ssodkit.engine.probe import LabeledProbe, spread
 from ssodkit.engine.progress import TrainProgress
+from ssodkit.engine.results import write_results_csv
 from ssodkit.engine.runtime import (
     build_model,
     initial_weights,
@@ -47,7 +49,9 @@ from ssodkit.engine.runtime import (
     resolve_freeze_bn,
     resolve_schedule_offset,
 )
+from ssodkit.engine.samples import SampleImages, sample_path
 from ssodkit.engine.schedule import build_scheduler
+from ssodkit.engine.summary import build_summary, describe, repro_card, split_hash, write_summary
 from ssodkit.errors import SsodkitError
 from ssodkit.evaluation.coco_eval import EvalResult
 from ssodkit.methods.base import Method, ModelHandle
@@ -70,6 +74,7 @@ class TrainSummary:
     best: float | None = None  # best.pt's mAP: the higher of teacher and student at its evaluation
     final_iter: int | None = None  # the iteration `final` was measured at
     best_eval: ckpt.BestEval | None = None  # which model best.pt holds for inference, and when
+    summary: dict[str, Any] = field(default_factory=dict)  # summary.json's content
 
 
 def next_run_dir(runs_dir: Path, name: str) -> Path:
@@ -180,6 +185,7 @@ class Trainer:
             self.method_cls.default_repeat_factor_t, remedy, self.method_cls.labeled_views(params),
         )
         self.classes = self.data.classes
+        self._check_same_split()
 
         init = None
         if cfg.train.init_from is not None and resume is None:
@@ -204,6 +210,7 @@ class Trainer:
                 if warning is not None:
                     self._say(f"warning: {warning}", style="yellow")
         self._set_up_probe()
+        self._set_up_samples()
         self.optimizer = build_optimizer(self.model, cfg)
         self.scheduler = build_scheduler(self.optimizer, cfg.schedule)
         self.scaler = torch.amp.GradScaler(
@@ -222,6 +229,7 @@ class Trainer:
         self.skipped_steps = 0
         self.best: float | None = None
         self.best_eval: ckpt.BestEval | None = None
+        self.wall_before = 0.0  # seconds trained before this process (a resumed run's)
         self.metrics = MetricsLog(self.run_dir / "metrics.jsonl", enabled=self.dist.is_main)
         if resume is not None:
             self._load(resume / "checkpoints" / "last.pt")
@@ -262,6 +270,7 @@ class Trainer:
             "skipped_steps": self.skipped_steps,
             "best": self.best,
             "best_eval": self.best_eval.to_state() if self.best_eval is not None else None,
+            "wall_s": self.wall_s,
         }
 
     def _load(self, path: Path) -> None:
@@ -280,6 +289,7 @@ class Trainer:
         self.skipped_steps = int(state.get("skipped_steps", 0))
         self.best = state.get("best")
         self.best_eval = ckpt.BestEval.from_state(state.get("best_eval"))
+        self.wall_before = float(state.get("wall_s", 0.0))
         ckpt.set_rng_state(state["rng"])
 
     def save(self, name: str) -> None:
@@ -459,6 +469,7 @@ class Trainer:
         for name, res in results.items():
             record.update({f"{name}/{k}": v for k, v in res.model_dump().items() if k not in ("per_class", "backend")})
         record["best_role"] = role
+        record["wall_s"] = self.wall_s
         quality = self.pseudo_label_quality()
         record.update(quality)
         probe = self.probe_quality()
@@ -480,6 +491,75 @@ class Trainer:
         self._progress.print(f"iter {self.iteration} eval: " + ", ".join(parts))
         return improved
 
+    # ------------------------------------------------------------------ the run folder a user looks at
+    @property
+    def wall_s(self) -> float:
+        """Seconds of training so far, earlier processes of a resumed run included."""
+        start = getattr(self, "_wall_start", None)
+        return self.wall_before + (time.monotonic() - start if start is not None else 0.0)
+
+    def _check_same_split(self) -> None:
+        """Every rank must train on the same labeled images: a split drawn per process (a
+        seed from the rank) would silently train on the union. The hashes go in summary.json."""
+        ids = self.data.train_dataset.image_ids
+        self.split_hashes: list[str] = all_gather_objects(split_hash(ids), self.dist)
+        if len(set(self.split_hashes)) > 1:
+            raise SsodkitError(
+                f"the ranks drew different labeled splits (hashes {', '.join(self.split_hashes)}): "
+                "pass the same --labeled file or data.labeled_percent / data.fold on every rank"
+            )
+
+    def _set_up_samples(self) -> None:
+        """The fixed unlabeled images (the val images when there is no pool) of the sample grid."""
+        pool = self.data.sources.unlabeled or self.data.sources.val
+        self.samples: SampleImages | None = None
+        if self.dist.is_main and self.cfg.output.samples > 0 and pool is not None and pool.images:
+            self.samples = SampleImages(
+                pool, self.cfg.output.samples, build_view("eval", self.cfg.views), self.data.unreadable.record,
+            )
+
+    def _write_samples(self) -> Path | None:
+        if self.samples is None:
+            return None
+        labeler = self.method.labeler or PseudoLabeler(PseudoLabelParams(), self.classes, self.model)
+        role = "teacher" if self.teacher is not None else "student"
+        return self.samples.draw(
+            self.teacher if self.teacher is not None else self.model, labeler.keep, self.classes,
+            sample_path(self.run_dir, self.iteration), device=self.device, amp_dtype=self.amp_dtype,
+            title=f"iter {self.iteration}: the {role}'s boxes, kept as pseudo-labels solid, filtered dashed",
+        )
+
+    def _write_run_files(self, status: str, sec_per_iter: float | None = None) -> dict[str, Any]:
+        """results.csv, results.png, the sample grid and summary.json (rank 0): after each
+        evaluation and at the end. One figure write per evaluation at most; a failure to draw
+        never stops training."""
+        if not self.dist.is_main:
+            return {}
+        metrics_path = self.run_dir / "metrics.jsonl"
+        records = read_metrics(metrics_path) if metrics_path.exists() else []
+        write_results_csv(self.run_dir, records)
+        if status == "running":
+            try:
+                self._write_samples()
+                if self.cfg.output.plots:
+                    from ssodkit.engine.results import results_rows
+                    from ssodkit.stats.plots import plot_results
+
+                    plot_results(results_rows(records), self.run_dir / "results.png", title=self.run_dir.name)
+            except Exception as exc:  # noqa: BLE001 - a figure is not worth a run
+                self._progress.print(f"[yellow]could not draw the run's figures: {ckpt.readable_reason(exc)}")
+        summary = build_summary(
+            records, status=status, iterations=self.iteration, wall_s=self.wall_s, sec_per_iter=sec_per_iter,
+            best_eval=self.best_eval.to_state() if self.best_eval is not None else None,
+            repro=repro_card(
+                self.cfg, split_hashes=self.split_hashes, num_labeled=len(self.data.train_dataset.image_ids),
+                num_unlabeled=self.data.num_unlabeled, world_size=self.dist.world_size,
+                uses_teacher=self.teacher is not None, burn_in_end=self.burn_in.end,
+            ),
+        )
+        write_summary(self.run_dir, summary)
+        return summary
+
     # ------------------------------------------------------------------ the loop
     def _handle_sigint(self, signum: int, frame: Any) -> None:
         if self._stop_requested:
@@ -495,6 +575,7 @@ class Trainer:
         status = "finished"
         window: dict[str, list[float]] = {}
         start_iter, step_time = self.iteration, 0.0
+        self._wall_start = time.monotonic()
         self._progress = TrainProgress(total_iters, self.iteration, self.dist.is_main, cfg.train.log_interval, self.console)
         final: dict[str, EvalResult] = {}
         final_iter: int | None = None
@@ -524,6 +605,7 @@ class Trainer:
                             "sec_per_iter": time.monotonic() - step_start,
                             "skipped_steps": self.skipped_steps,
                             "unreadable_images": sum(self.data.unreadable.counts.values()),
+                            "wall_s": self.wall_s,
                             **means,
                         })
                         window = {}
@@ -533,6 +615,7 @@ class Trainer:
                         final, final_iter = self._evaluate_or_save(), self.iteration
                         if self._record_eval(final):
                             self.save("best")
+                        self._write_run_files(status="running")
                     if self.iteration % cfg.train.checkpoint_interval == 0 or is_last:
                         self.save("last")
                 if status == "interrupted":
@@ -544,13 +627,15 @@ class Trainer:
             raise
         finally:
             signal.signal(signal.SIGINT, previous)
+        sec_per_iter = step_time / max(1, self.iteration - start_iter)
+        summary = self._write_run_files(status=status, sec_per_iter=sec_per_iter)
         barrier(self.dist)
         return TrainSummary(
             run_dir=self.run_dir, iterations=self.iteration, status=status,
             skipped_steps=self.skipped_steps,
             # training steps only (data wait included; evaluation and checkpoints excluded)
-            sec_per_iter=step_time / max(1, self.iteration - start_iter), final=final, best=self.best,
-            final_iter=final_iter, best_eval=self.best_eval,
+            sec_per_iter=sec_per_iter, final=final, best=self.best,
+            final_iter=final_iter, best_eval=self.best_eval, summary=summary,
         )
 
     def close(self) -> None:

@@ -11,6 +11,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import matplotlib
 import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -23,6 +24,7 @@ from ssodkit.stats.data import DataStats
 from ssodkit.stats.pseudo import SIZE_BUCKETS, OperatingPoint, PseudoStats, ThresholdSweep
 
 if TYPE_CHECKING:  # grad pulls in torch; these figures only need its result models
+    from ssodkit.detectors.protocol import Detections
     from ssodkit.stats.grad import GradStats, ViewStats
 
 PSEUDO_COLOUR, GT_COLOUR = "tab:red", "tab:green"
@@ -159,6 +161,45 @@ def _draw_example(
         ax.add_patch(Rectangle((x, y), w, h, fill=False, color=PSEUDO_COLOUR, lw=1.2, ls="--"))
     ax.axis("off")
 
+
+
+# --------------------------------------------------------------------------- a run's samples
+SAMPLE_MIN_SCORE = 0.1  # filtered boxes below this are not drawn (the detector keeps 100 per image)
+SAMPLE_MAX_FILTERED = 20  # the highest-scoring filtered boxes per image
+
+
+def plot_sample_grid(
+    coco: CocoDataset,
+    drawn: Sequence[tuple[int, Detections, Detections]],
+    classes: Sequence[str],
+    path: Path,
+    title: str = "",
+) -> Path:
+    """What the teacher teaches: per image (`image_id`, every detection, the kept ones),
+    kept pseudo boxes solid with class and score, filtered ones (score ≥ SAMPLE_MIN_SCORE,
+    at most SAMPLE_MAX_FILTERED) dashed and thin, one colour per class. Saved as JPEG or
+    PNG by `path`'s suffix."""
+    colours = [matplotlib.colormaps["tab10"](i % 10) for i in range(max(1, len(classes)))]
+    fig, axes = _figure(3.2 * max(1, len(drawn)), 3.6, ncols=max(1, len(drawn)))
+    for ax, (image_id, every, kept) in zip(axes[0], drawn, strict=False):
+        ax.imshow(load_image(coco.image_path(image_id)))
+        order = every.scores.argsort(descending=True)
+        shown = [int(i) for i in order if float(every.scores[i]) >= SAMPLE_MIN_SCORE][:SAMPLE_MAX_FILTERED]
+        for i in shown:
+            x1, y1, x2, y2 = every.boxes[i].tolist()
+            ax.add_patch(Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, lw=0.8, ls="--",
+                                   color=colours[int(every.labels[i]) % len(colours)]))
+        for box, score, label in zip(kept.boxes.tolist(), kept.scores.tolist(), kept.labels.tolist(), strict=True):
+            x1, y1, x2, y2 = box
+            colour = colours[int(label) % len(colours)]
+            ax.add_patch(Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, lw=1.6, color=colour))
+            name = classes[int(label)] if int(label) < len(classes) else str(label)
+            ax.text(x1, y1, f"{name} {score:.2f}", fontsize=6, color="white", va="bottom",
+                    bbox={"facecolor": colour, "pad": 0.5, "lw": 0})
+        ax.set_title(f"{coco.image(image_id).file_name}: {len(kept.boxes)} kept / {len(shown)} shown", fontsize=7)
+        ax.axis("off")
+    fig.suptitle(title or "teacher's pseudo-labels: kept solid, filtered dashed", fontsize=9)
+    return _save(fig, path)
 
 def write_pseudo_plots(
     stats: PseudoStats,
