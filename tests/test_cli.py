@@ -135,6 +135,8 @@ def test_two_process_gloo_ddp_run_trains_and_evaluates(tiny_data, tmp_path):
     assert not (tmp_path / "ddp-2").exists()  # one run folder, written by rank 0 only
     evals = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if '"eval"' in line]
     assert evals and evals[-1]["student/num_images"] == 6  # both ranks' predictions gathered
+    hashes = json.loads((run / "summary.json").read_text())["repro"]["split_hash_per_rank"]
+    assert len(hashes) == 2 and hashes[0] == hashes[1]  # every rank trained on the same labeled split
 
 
 def test_version_and_bare_command(cli):
