@@ -48,6 +48,7 @@ from ssodkit.engine.runtime import (
     resolve_schedule_offset,
 )
 from ssodkit.engine.schedule import build_scheduler
+from ssodkit.engine.tensorboard import open_tensorboard
 from ssodkit.errors import SsodkitError
 from ssodkit.evaluation.coco_eval import EvalResult
 from ssodkit.methods.base import Method, ModelHandle
@@ -222,7 +223,11 @@ class Trainer:
         self.skipped_steps = 0
         self.best: float | None = None
         self.best_eval: ckpt.BestEval | None = None
-        self.metrics = MetricsLog(self.run_dir / "metrics.jsonl", enabled=self.dist.is_main)
+        tensorboard = open_tensorboard(cfg.output.tensorboard, self.run_dir)  # every rank: a missing package stops all
+        self.tensorboard = tensorboard if self.dist.is_main else None  # writes nothing before its first record
+        self.metrics = MetricsLog(
+            self.run_dir / "metrics.jsonl", enabled=self.dist.is_main, sinks=[self.tensorboard] if self.tensorboard is not None else []
+        )
         if resume is not None:
             self._load(resume / "checkpoints" / "last.pt")
             self.metrics.truncate_after(self.iteration)
@@ -554,5 +559,7 @@ class Trainer:
         )
 
     def close(self) -> None:
+        if self.tensorboard is not None:
+            self.tensorboard.close()
         self.data.close()
         shutdown_distributed()
