@@ -226,7 +226,8 @@ class Trainer:
         tensorboard = open_tensorboard(cfg.output.tensorboard, self.run_dir)  # every rank: a missing package stops all
         self.tensorboard = tensorboard if self.dist.is_main else None  # writes nothing before its first record
         self.metrics = MetricsLog(
-            self.run_dir / "metrics.jsonl", enabled=self.dist.is_main, sinks=[self.tensorboard] if self.tensorboard is not None else []
+            self.run_dir / "metrics.jsonl", enabled=self.dist.is_main,
+            sinks=[self.tensorboard] if self.tensorboard is not None else [],
         )
         if resume is not None:
             self._load(resume / "checkpoints" / "last.pt")
