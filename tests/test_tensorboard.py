@@ -155,3 +155,34 @@ def test_missing_package_is_one_line_naming_the_extra(tiny_data, tmp_path, cli, 
     )
     assert "Traceback" not in result.output
     assert not (tmp_path / "runs" / "tb").exists()  # nothing trained: no run folder left behind
+
+
+def test_a_resumed_run_shows_each_step_once(tiny_config):
+    """A crash after iteration 3 with last.pt at 2: the resume logs 3 again, TensorBoard keeps the new one."""
+    from ssodkit.engine.trainer import Trainer
+
+    class CrashAt3(Trainer):
+        def train_step(self, batch):
+            if self.iteration == 3:
+                raise RuntimeError("crash")
+            return super().train_step(batch)
+
+    cfg = tiny_config(schedule__iters=4, train__checkpoint_interval=2, output__tensorboard=True, output__name="tb")
+    crashed = CrashAt3(cfg)
+    try:
+        with pytest.raises(RuntimeError, match="crash"):
+            crashed.run()
+    finally:
+        crashed.close()
+    run_dir = crashed.run_dir
+    assert [r["iter"] for r in read_metrics(run_dir / "metrics.jsonl")] == [1, 2, 3]
+
+    resumed = Trainer(cfg, resume=run_dir)
+    try:
+        resumed.run()
+    finally:
+        resumed.close()
+    records = read_metrics(run_dir / "metrics.jsonl")
+    scalars = _scalars(run_dir / "tensorboard")
+    assert [step for step, _ in scalars["train/lr"]] == [1, 2, 3, 4]
+    _assert_same(scalars, _expected(records))
