@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 
 def _clean(value: Any) -> Any:
@@ -14,10 +15,21 @@ def _clean(value: Any) -> Any:
     return value
 
 
+class MetricsSink(Protocol):
+    """Another place each record goes (e.g. TensorBoard); metrics.jsonl stays the record of the run."""
+
+    def write(self, record: dict[str, Any]) -> None: ...
+
+
 class MetricsLog:
-    def __init__(self, path: Path, enabled: bool = True) -> None:
+    """Appends records to metrics.jsonl and forwards each to `sinks` (rank 0 only: `enabled`).
+
+    A sink with a `truncate_after(iteration)` method is told where a resumed run starts again."""
+
+    def __init__(self, path: Path, enabled: bool = True, sinks: Sequence[MetricsSink] = ()) -> None:
         self.path = path
         self.enabled = enabled
+        self.sinks = list(sinks)
 
     def write(self, record: dict[str, Any]) -> None:
         if not self.enabled:
@@ -25,10 +37,18 @@ class MetricsLog:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with self.path.open("a", encoding="utf-8") as f:
             f.write(json.dumps({k: _clean(v) for k, v in record.items()}) + "\n")
+        for sink in self.sinks:  # after the line: the file holds whatever a sink shows
+            sink.write(record)
 
     def truncate_after(self, iteration: int) -> None:
         """On resume, drop records written after the checkpoint (they will be written again)."""
-        if not self.enabled or not self.path.exists():
+        if not self.enabled:
+            return
+        for sink in self.sinks:
+            truncate = getattr(sink, "truncate_after", None)
+            if truncate is not None:
+                truncate(iteration)
+        if not self.path.exists():
             return
         kept = []
         for line in self.path.read_text().splitlines():

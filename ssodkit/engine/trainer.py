@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from rich.console import Console
 from torch import Tensor, nn
@@ -51,7 +52,8 @@ from ssodkit.engine.runtime import (
 )
 from ssodkit.engine.samples import SampleImages, sample_path
 from ssodkit.engine.schedule import build_scheduler
-from ssodkit.engine.summary import build_summary, describe, repro_card, split_hash, write_summary
+from ssodkit.engine.summary import build_summary, repro_card, split_hash, write_summary
+from ssodkit.engine.tensorboard import open_tensorboard
 from ssodkit.errors import SsodkitError
 from ssodkit.evaluation.coco_eval import EvalResult
 from ssodkit.methods.base import Method, ModelHandle
@@ -230,7 +232,12 @@ class Trainer:
         self.best: float | None = None
         self.best_eval: ckpt.BestEval | None = None
         self.wall_before = 0.0  # seconds trained before this process (a resumed run's)
-        self.metrics = MetricsLog(self.run_dir / "metrics.jsonl", enabled=self.dist.is_main)
+        tensorboard = open_tensorboard(cfg.output.tensorboard, self.run_dir)  # every rank: a missing package stops all
+        self.tensorboard = tensorboard if self.dist.is_main else None  # writes nothing before its first record
+        self.metrics = MetricsLog(
+            self.run_dir / "metrics.jsonl", enabled=self.dist.is_main,
+            sinks=[self.tensorboard] if self.tensorboard is not None else [],
+        )
         if resume is not None:
             self._load(resume / "checkpoints" / "last.pt")
             self.metrics.truncate_after(self.iteration)
@@ -523,11 +530,16 @@ class Trainer:
             return None
         labeler = self.method.labeler or PseudoLabeler(PseudoLabelParams(), self.classes, self.model)
         role = "teacher" if self.teacher is not None else "student"
-        return self.samples.draw(
+        path = self.samples.draw(
             self.teacher if self.teacher is not None else self.model, labeler.keep, self.classes,
             sample_path(self.run_dir, self.iteration), device=self.device, amp_dtype=self.amp_dtype,
             title=f"iter {self.iteration}: the {role}'s boxes, kept as pseudo-labels solid, filtered dashed",
         )
+        if self.tensorboard is not None:
+            from ssodkit.data.images import load_image
+
+            self.tensorboard.image("samples", np.asarray(load_image(path)), self.iteration)
+        return path
 
     def _write_run_files(self, status: str, sec_per_iter: float | None = None) -> dict[str, Any]:
         """results.csv, results.png, the sample grid and summary.json (rank 0): after each
@@ -639,5 +651,7 @@ class Trainer:
         )
 
     def close(self) -> None:
+        if self.tensorboard is not None:
+            self.tensorboard.close()
         self.data.close()
         shutdown_distributed()
