@@ -23,7 +23,7 @@ def register(app: typer.Typer) -> None:
 
 
 def report(
-    runs: Annotated[list[Path], typer.Argument(help="Run folders (each with a metrics.jsonl).")],
+    runs: Annotated[list[Path], typer.Argument(metavar="RUN", help="Run folders (each with a metrics.jsonl).", show_default=False)],
     out: Annotated[
         Path | None,
         typer.Option(

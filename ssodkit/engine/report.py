@@ -198,7 +198,7 @@ def format_best(best: Best | None) -> str:
 def format_wall(seconds: float | None) -> str:
     if seconds is None:
         return "-"
-    minutes, secs = divmod(int(round(seconds)), 60)
+    minutes, secs = divmod(round(seconds), 60)
     hours, minutes = divmod(minutes, 60)
     return f"{hours}:{minutes:02d}:{secs:02d}"
 
@@ -216,7 +216,7 @@ SUMMARY_HEADERS = ("run", "best teacher mAP @ iter", "best student mAP @ iter", 
 def _config_value(value: Any) -> str:
     if value is MISSING:
         return "–"
-    return json.dumps(value) if isinstance(value, (list, dict, str)) or value is None else str(value)
+    return value if isinstance(value, str) else json.dumps(value)
 
 
 def _png_uri(path: Path) -> str:
@@ -237,7 +237,7 @@ def render_html(
     """A self-contained page (PNGs as data URIs): it can be mailed or attached to an issue."""
     parts = ["<h1>ssodkit report</h1>"]
     parts += [f'<p class="warning">warning: {html.escape(w)}</p>' for w in warnings]
-    parts += ["<h2>Runs</h2>", _table(SUMMARY_HEADERS, [summary_cells(r) for r in runs])]
+    parts += ["<h2>Runs (mAP × 100)</h2>", _table(SUMMARY_HEADERS, [summary_cells(r) for r in runs])]
     parts += ["<h2>mAP by run</h2>", f'<img alt="mAP by run" src="{_png_uri(overlay)}">']
     parts.append("<h2>Config differences</h2>")
     differences = config_differences(runs)
