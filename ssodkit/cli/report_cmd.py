@@ -28,8 +28,8 @@ def report(
         Path | None,
         typer.Option(
             "--out",
-            help="Folder for overlay.png and report.html (default with several runs: ./report/; "
-            "with one run, given only if you want them).",
+            help="Write overlay.png and report.html here (default with several runs: ./report/; "
+            "with one run they are written only when --out is given).",
         ),
     ] = None,
 ) -> None:
