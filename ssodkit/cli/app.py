@@ -15,7 +15,7 @@ from ssodkit.errors import SsodkitError
 
 BUILTIN_COMMAND_MODULES = (
     "train_cmd", "evaluate_cmd", "split_cmd", "data_cmd", "plugins_cmd", "pseudolabel_cmd",
-    "mix_cmd", "stats_cmd",
+    "mix_cmd", "stats_cmd", "report_cmd",
 )
 
 

@@ -1,4 +1,4 @@
-"""PNG figures of `PseudoStats`, `DataStats` and `GradStats`.
+"""PNG figures of `PseudoStats`, `DataStats`, `GradStats` and of training runs (`results.csv` rows).
 
 Figures are drawn on matplotlib's Agg canvas directly, without pyplot: no global backend is
 switched (a notebook that imports ssodkit keeps its own), nothing needs a display, and no
@@ -7,6 +7,8 @@ figure lingers in pyplot's registry after it is saved.
 
 from __future__ import annotations
 
+import os
+import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -34,16 +36,30 @@ EXAMPLES_PER_KIND = 3
 GROUP_COLOURS = {"TP": "tab:green", "FP": "tab:red", "FN": "tab:orange", "TN": "tab:blue"}
 
 
-def _figure(width: float, height: float, *, ncols: int = 1) -> tuple[Figure, np.ndarray]:
-    """A figure on an Agg canvas and its axes, one row, as a `[1, ncols]` array."""
+def _figure(
+    width: float, height: float, *, ncols: int = 1, nrows: int = 1
+) -> tuple[Figure, np.ndarray]:
+    """A figure on an Agg canvas and its axes as an `[nrows, ncols]` array."""
     fig = Figure(figsize=(width, height), layout="constrained")
     FigureCanvasAgg(fig)
-    return fig, fig.subplots(1, ncols, squeeze=False)
+    return fig, fig.subplots(nrows, ncols, squeeze=False)
 
 
 def _save(fig: Figure, path: Path) -> Path:
+    """Save through a temp file in the same folder and rename it: a figure rewritten at each
+    evaluation (results.png) is read by browsers and `report` while training runs."""
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            fig.savefig(f, dpi=100, format=path.suffix.lstrip(".") or "png")
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600; figures are meant to be shared
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
     return path
 
 
@@ -307,3 +323,145 @@ def write_grad_plots(stats: GradStats, out_dir: Path) -> list[Path]:
     """`grad_<view>.png` per view and `grad_views.png` with all of them."""
     paths = [plot_grad_view(stats, v, out_dir / f"grad_{v.view}.png") for v in stats.views]
     return [*paths, plot_grad_views(stats, out_dir / "grad_views.png")]
+
+
+# --------------------------------------------------------------------------- training runs
+ROLE_STYLES = {"teacher": "-", "student": "--"}  # line style per model, in overlays too
+COLLAPSE_COLOUR = "tab:red"
+
+
+def _series(rows: Sequence[Mapping[str, Any]], key: str, scale: float = 1.0) -> np.ndarray:
+    """A `results.csv` column as floats, NaN where the cell is empty (matplotlib leaves a gap)."""
+    return np.array(
+        [np.nan if row.get(key) is None else scale * float(row[key]) for row in rows], dtype=float
+    )
+
+
+def _has(values: np.ndarray) -> bool:
+    return bool(np.isfinite(values).any())
+
+
+def _no_data(ax: Axes, message: str) -> None:
+    ax.text(0.5, 0.5, message, ha="center", va="center", transform=ax.transAxes, color="grey")
+
+
+def _map_panel(ax: Axes, rows: Sequence[Mapping[str, Any]], iters: np.ndarray) -> None:
+    """Teacher and student mAP (×100), each model's best starred and the overall best labelled."""
+    best: tuple[float, float, str] | None = None
+    for role, style in ROLE_STYLES.items():
+        values = _series(rows, f"{role}_map", 100.0)
+        if not _has(values):
+            continue  # no teacher in a supervised run
+        (line,) = ax.plot(iters, values, style, marker="o", markersize=3, label=role)
+        i = int(np.nanargmax(values))
+        ax.plot([iters[i]], [values[i]], "*", color=line.get_color(), markersize=13)
+        if best is None or values[i] > best[1]:
+            best = (float(iters[i]), float(values[i]), role)
+    if best is None:
+        _no_data(ax, "no mAP evaluated")
+    else:
+        x, y, role = best
+        ax.annotate(f"best {y:.1f} ({role} @ {x:g})", (x, y), textcoords="offset points",
+                    xytext=(0, 9), ha="center", fontsize=8)
+        ax.margins(y=0.15)  # room for the label above the best point
+        ax.legend(fontsize=8, loc="lower right")
+    ax.set(xlabel="iteration", ylabel="mAP (×100)", title="(a) COCO mAP")
+
+
+def _loss_panel(ax: Axes, rows: Sequence[Mapping[str, Any]], iters: np.ndarray) -> None:
+    shown = False
+    for key, label in (("sup_loss", "supervised"), ("unsup_loss", "unsupervised")):
+        values = _series(rows, key)
+        if _has(values):
+            ax.plot(iters, values, marker=".", label=label)
+            shown = True
+    if not shown and _has(total := _series(rows, "loss")):  # a log without named loss terms
+        ax.plot(iters, total, marker=".", label="loss")
+        shown = True
+    if shown:
+        ax.legend(fontsize=8)
+    else:
+        _no_data(ax, "no loss logged")
+    ax.set(xlabel="iteration", ylabel="mean loss since the previous evaluation",
+           title="(b) training loss")
+
+
+def _pseudo_count_panel(ax: Axes, rows: Sequence[Mapping[str, Any]], iters: np.ndarray) -> None:
+    """Boxes per image beside the empty-image fraction on a twin axis: few boxes and many empty
+    images together are the student being taught background."""
+    per_image, empty = _series(rows, "pseudo_per_image"), _series(rows, "pseudo_empty_frac")
+    ax.set(xlabel="iteration", ylabel="pseudo boxes per image", title="(c) pseudo-labels")
+    if not (_has(per_image) or _has(empty)):
+        _no_data(ax, "no pseudo-labels (supervised, or burn-in)")
+        return
+    ax.plot(iters, per_image, marker=".", color="tab:blue", label="boxes per image")
+    twin = ax.twinx()
+    twin.plot(iters, empty, marker=".", color="tab:orange", linestyle="--", label="empty-image fraction")
+    twin.set(ylabel="empty-image fraction", ylim=(0, 1.02))
+    handles = ax.get_legend_handles_labels()[0] + twin.get_legend_handles_labels()[0]
+    ax.legend(handles=handles, fontsize=8)
+
+
+def _quality_panel(ax: Axes, rows: Sequence[Mapping[str, Any]], iters: np.ndarray) -> None:
+    shown = False
+    for source, colour in (("pseudo", "tab:green"), ("probe", "tab:purple")):
+        for metric, style in (("precision50", "-"), ("recall50", "--")):
+            values = _series(rows, f"{source}_{metric}")
+            if _has(values):
+                label = f"{source} {metric[:-2]}"
+                ax.plot(iters, values, style, marker=".", color=colour, label=label)
+                shown = True
+    if shown:
+        ax.legend(fontsize=8)
+    else:
+        _no_data(ax, "no hidden or probe ground truth")
+    ax.set(xlabel="iteration", ylabel="at IoU 0.5", ylim=(0, 1.02),
+           title="(d) pseudo-label precision / recall")
+
+
+def plot_results(
+    rows: Sequence[Mapping[str, Any]], path: Path, title: str | None = None
+) -> Path:
+    """`results.png`: mAP, losses, pseudo-label counts and their quality against iteration,
+    with a dotted line at each evaluation where the collapse watcher spoke — the four views
+    that together tell a diverging run from a slow one. Empty cells leave gaps."""
+    fig, axes = _figure(12, 8, nrows=2, ncols=2)
+    iters = np.array([float(row["iter"]) for row in rows], dtype=float)
+    _map_panel(axes[0, 0], rows, iters)
+    _loss_panel(axes[0, 1], rows, iters)
+    _pseudo_count_panel(axes[1, 0], rows, iters)
+    _quality_panel(axes[1, 1], rows, iters)
+    collapses = [float(row["iter"]) for row in rows if row.get("collapse")]
+    for ax in axes.flat:
+        if len(iters):  # one iteration range everywhere, though a panel's first cells are empty
+            pad = 0.03 * (iters.max() - iters.min()) or 1.0
+            ax.set_xlim(iters.min() - pad, iters.max() + pad)
+        for x in collapses:
+            ax.axvline(x, color=COLLAPSE_COLOUR, linestyle=":", linewidth=1.2)
+    if collapses:
+        fig.text(0.995, 0.005, "dotted red: collapse warning", ha="right", va="bottom",
+                 fontsize=8, color=COLLAPSE_COLOUR)
+    if title:
+        fig.suptitle(title)
+    return _save(fig, path)
+
+
+def plot_runs_overlay(runs: Mapping[str, Sequence[Mapping[str, Any]]], path: Path) -> Path:
+    """mAP (×100) of several runs on one axis: a colour per run, teacher solid and student
+    dashed, so that runs are compared at equal iterations rather than by their final rows."""
+    fig, axes = _figure(9, 5.5)
+    ax = axes[0, 0]
+    shown = False
+    for i, (name, rows) in enumerate(runs.items()):
+        iters = np.array([float(row["iter"]) for row in rows], dtype=float)
+        for role, style in ROLE_STYLES.items():
+            values = _series(rows, f"{role}_map", 100.0)
+            if _has(values):
+                ax.plot(iters, values, style, marker=".", color=f"C{i % 10}", label=f"{name} {role}")
+                shown = True
+    if shown:
+        ax.legend(fontsize=8)
+    else:
+        _no_data(ax, "no mAP evaluated")
+    ax.set(xlabel="iteration", ylabel="mAP (×100)", title="COCO mAP by run (teacher solid, student dashed)")
+    return _save(fig, path)
