@@ -9,8 +9,8 @@ from typing import Any
 
 import yaml
 
-from ssodkit.engine.report import config_differences, flatten, load_run
-from ssodkit.stats.plots import plot_results, plot_runs_overlay
+from ssodkit.report import config_differences, flatten, load_run
+from ssodkit.plots import plot_results, plot_runs_overlay
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

@@ -84,3 +84,13 @@ def test_without_plots_no_figure_is_written(cli, tiny_data, tmp_path):
     run = tmp_path / "sup"
     assert (run / "results.csv").is_file() and (run / "summary.json").is_file()
     assert not (run / "results.png").exists() and not (run / "samples").exists()
+
+
+def test_the_shared_plot_module_loads_no_diagnostics():
+    """The trainer draws results.png through `ssodkit.plots`, which must not pull `stats` in."""
+    import subprocess
+    import sys
+
+    code = "import sys, ssodkit.plots; print(sorted(m for m in sys.modules if m.startswith('ssodkit.stats')))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

@@ -1,6 +1,6 @@
 """`ssodkit report RUN [RUN ...]`: a run's results.csv and results.png; several runs compared.
 
-The work is `ssodkit.engine.report`'s; this module only parses, prints and writes.
+The work is `ssodkit.report`'s; this module only parses, prints and writes.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ def report(
     """Rewrite each run's results.csv and results.png from metrics.jsonl and print its best
     mAPs; with several runs (or --out), also an mAP overlay and a self-contained report.html
     with the runs' config differences."""
-    from ssodkit.engine.report import (
+    from ssodkit.report import (
         SUMMARY_HEADERS,
         check_run_dir,
         load_run,

@@ -367,7 +367,7 @@ def pseudo(
     if out_json is not None:
         stdout.print(f"wrote {write_json_atomic(out_json, stats.model_dump(mode='json'))}")
     if plots is not None:
-        from ssodkit.stats.plots import write_pseudo_plots
+        from ssodkit.plots import write_pseudo_plots
 
         written = write_pseudo_plots(
             stats, plots, coco=coco if images is not None else None, results=results
@@ -480,7 +480,7 @@ def data(
     if out_json is not None:
         stdout.print(f"wrote {write_json_atomic(out_json, stats.model_dump(mode='json'))}")
     if plots is not None:
-        from ssodkit.stats.plots import write_data_plots
+        from ssodkit.plots import write_data_plots
 
         written = write_data_plots(stats, plots)
         stdout.print(f"wrote {len(written)} plots to {plots}")
@@ -531,7 +531,7 @@ def grad(
     if out_json is not None:
         stdout.print(f"wrote {write_json_atomic(out_json, stats.model_dump(mode='json'))}")
     if plots is not None:
-        from ssodkit.stats.plots import write_grad_plots
+        from ssodkit.plots import write_grad_plots
 
         written = write_grad_plots(stats, plots)
         stdout.print(f"wrote {len(written)} plots to {plots}")

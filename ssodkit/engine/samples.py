@@ -32,7 +32,7 @@ class SampleImages:
         device: torch.device, amp_dtype: torch.dtype | None, title: str = "",
     ) -> Path:
         """Predict on the images, keep as the method keeps pseudo-labels, draw both."""
-        from ssodkit.stats.plots import plot_sample_grid  # matplotlib only when drawing
+        from ssodkit.plots import plot_sample_grid  # matplotlib only when drawing
 
         drawn = []
         for sample, det in iter_predictions(

@@ -555,7 +555,7 @@ class Trainer:
                 self._write_samples()
                 if self.cfg.output.plots:
                     from ssodkit.engine.results import results_rows
-                    from ssodkit.stats.plots import plot_results
+                    from ssodkit.plots import plot_results
 
                     plot_results(results_rows(records), self.run_dir / "results.png", title=self.run_dir.name)
             except Exception as exc:  # noqa: BLE001 - a figure is not worth a run

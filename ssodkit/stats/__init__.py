@@ -1,7 +1,7 @@
 """Diagnostics: pseudo-labels against hidden ground truth, data set profiles, and the gradient
 density of pseudo-label training.
 
-Plots live in `ssodkit.stats.plots`, imported on demand so that the trainer can compute
+Plots live in `ssodkit.plots` (shared with the trainer's run figures), imported on demand so that the trainer can compute
 pseudo-label quality without loading matplotlib. The gradient diagnostics need torch; their
 names are resolved on first use, so that `ssodkit stats pseudo` and `stats data` never load it.
 """

@@ -269,7 +269,7 @@ def write_run_figure(run: RunReport) -> Path | None:
     """`RUN/results.png`; None (and nothing written) before the first evaluation."""
     if not run.rows:
         return None
-    from ssodkit.stats.plots import plot_results
+    from ssodkit.plots import plot_results
 
     return plot_results(run.rows, run.path / RESULTS_PNG, title=run.title)
 
@@ -278,7 +278,7 @@ def write_comparison(
     runs: Sequence[RunReport], out_dir: Path, warnings: Sequence[str]
 ) -> tuple[Path, Path]:
     """`out_dir/overlay.png` and `out_dir/report.html` (the runs' figures written first)."""
-    from ssodkit.stats.plots import plot_runs_overlay
+    from ssodkit.plots import plot_runs_overlay
 
     os.makedirs(out_dir, exist_ok=True)
     overlay = plot_runs_overlay({r.name: r.rows for r in runs}, out_dir / OVERLAY_PNG)

@@ -1,4 +1,7 @@
-"""PNG figures of `PseudoStats`, `DataStats`, `GradStats` and of training runs (`results.csv` rows).
+"""PNG figures of `PseudoStats`, `DataStats`, `GradStats` and of training runs (`results.csv` rows,
+the sample grid): the one plotting module, shared by `ssodkit stats`, the trainer and
+`ssodkit report`. It loads no `stats` module at import (their models are only type hints),
+so that the training loop stays independent of the diagnostics.
 
 Figures are drawn on matplotlib's Agg canvas directly, without pyplot: no global backend is
 switched (a notebook that imports ssodkit keeps its own), nothing needs a display, and no
@@ -22,10 +25,10 @@ from matplotlib.patches import Rectangle
 
 from ssodkit.data.coco import CocoDataset
 from ssodkit.data.images import load_image
-from ssodkit.stats.data import DataStats
-from ssodkit.stats.pseudo import SIZE_BUCKETS, OperatingPoint, PseudoStats, ThresholdSweep
 
-if TYPE_CHECKING:  # grad pulls in torch; these figures only need its result models
+if TYPE_CHECKING:  # only their result models: the trainer draws its figures without loading `stats`
+    from ssodkit.stats.data import DataStats
+    from ssodkit.stats.pseudo import OperatingPoint, PseudoStats, ThresholdSweep
     from ssodkit.detectors.protocol import Detections
     from ssodkit.stats.grad import GradStats, ViewStats
 
@@ -259,6 +262,8 @@ def plot_data_sizes(stats: DataStats, path: Path) -> Path:
     """Boxes per COCO size bucket."""
     fig, axes = _figure(5, 4)
     ax = axes[0, 0]
+    from ssodkit.stats.pseudo import SIZE_BUCKETS
+
     ax.bar(SIZE_BUCKETS, [stats.sizes[b] for b in SIZE_BUCKETS], color="tab:blue")
     ax.set(ylabel="boxes", title="boxes per size bucket")
     return _save(fig, path)
