@@ -11,9 +11,10 @@ Train records (one per `train.log_interval` window, after the burn-in only):
 
 * the reference is the mean of the first `REFERENCE_WINDOWS` windows after the burn-in,
   when the teacher still equals the burn-in's student;
-* the current value is the mean of the last `SMOOTH_WINDOWS` windows, so that one noisy
-  window does not fire; a step change past a threshold is reported within
-  `SMOOTH_WINDOWS` windows of it (sooner when it is large);
+* the current value is the median of the last `SMOOTH_WINDOWS` windows (the reference's
+  included), so that one noisy window, however far off, never fires: a change past a
+  threshold is reported at its second window, a slower drift once the median crosses —
+  within `SMOOTH_WINDOWS` windows of the crossing either way;
 * pseudo boxes per image below `PSEUDO_DROP` × reference (a reference below
   `MIN_PSEUDO_REFERENCE` is too small to lose), the empty-image fraction up by at least
   `EMPTY_RISE` (absolute), the supervised loss (sum of the `sup_*` terms), or its
@@ -34,11 +35,12 @@ the reference.
 from __future__ import annotations
 
 import math
+import statistics
 from collections.abc import Mapping
 from typing import Any
 
 REFERENCE_WINDOWS = 3  # train windows after the burn-in averaged into the reference
-SMOOTH_WINDOWS = 3  # train windows in the moving mean compared with it
+SMOOTH_WINDOWS = 3  # train windows in the moving median compared with it
 PSEUDO_DROP = 0.5  # pseudo boxes / image below this fraction of the reference
 MIN_PSEUDO_REFERENCE = 0.1  # … unless the reference itself is below this (nothing to lose)
 EMPTY_RISE = 0.25  # empty-image fraction up by at least this much (absolute)
@@ -111,7 +113,7 @@ class CollapseWatcher:
     def __init__(self) -> None:
         self.reference: dict[str, float] = {}
         self.first: list[dict[str, float]] = []  # train windows averaged into the reference
-        self.recent: list[dict[str, float]] = []  # the last SMOOTH_WINDOWS windows
+        self.recent: list[dict[str, float]] = []  # the last SMOOTH_WINDOWS windows, the median's
         self.best_map: float | None = None
         self.probe_reference: float | None = None
         self.episode: dict[str, bool] = {"train": False, "eval": False}
@@ -126,14 +128,14 @@ class CollapseWatcher:
             values["sup_loss"] = sup
         if not values:
             return None
+        self.recent = [*self.recent, values][-SMOOTH_WINDOWS:]
         if len(self.first) < REFERENCE_WINDOWS:
             self.first.append(values)
             if len(self.first) == REFERENCE_WINDOWS:
                 self.reference = {k: _mean([w[k] for w in self.first if k in w]) for k in TRAIN_SIGNALS
                                   if any(k in w for w in self.first)}
             return None
-        self.recent = [*self.recent, values][-SMOOTH_WINDOWS:]
-        current = {k: _mean([w[k] for w in self.recent if k in w]) for k in self.reference
+        current = {k: statistics.median([w[k] for w in self.recent if k in w]) for k in self.reference
                    if any(k in w for w in self.recent)}
         refs = dict(self.reference)
         if refs.get("pseudo_per_image", 0.0) < MIN_PSEUDO_REFERENCE:
