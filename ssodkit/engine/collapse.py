@@ -37,7 +37,7 @@ from __future__ import annotations
 import math
 import statistics
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, NamedTuple
 
 REFERENCE_WINDOWS = 3  # train windows after the burn-in averaged into the reference
 SMOOTH_WINDOWS = 3  # train windows in the moving median compared with it
@@ -73,36 +73,42 @@ def _mean(values: list[float]) -> float:
     return sum(values) / len(values)
 
 
-# signal → (label, how it fires: "drop" below limit · ref, "rise" by ≥ limit, "ratio" ≥ limit · ref; limit)
-TRAIN_SIGNALS: dict[str, tuple[str, str, float]] = {
-    "pseudo_per_image": ("pseudo boxes/img", "drop", PSEUDO_DROP),
-    "pseudo_empty_frac": ("empty images", "rise", EMPTY_RISE),
-    "sup_loss": ("supervised loss", "ratio", SUP_LOSS_RISE),
-    "sup_loss_cls": ("supervised cls loss", "ratio", SUP_LOSS_RISE),
+class Signal(NamedTuple):
+    """How one record key is judged against its reference and written in the warning."""
+
+    label: str
+    how: str  # "drop": below limit × reference; "rise": up by ≥ limit; "ratio": ≥ limit × reference
+    limit: float
+    unit: str = ""  # "%": a fraction shown in percent; "map": an mAP shown ×100 against the best
+
+    def state(self, ref: float, now: float) -> tuple[bool, bool]:
+        """(past the threshold, not yet back within `RECOVERY` of the way to the reference)."""
+        if self.how == "drop":
+            return now < self.limit * ref, now < (self.limit + RECOVERY * (1 - self.limit)) * ref
+        if self.how == "rise":
+            return now - ref >= self.limit, now - ref >= (1 - RECOVERY) * self.limit
+        return now >= self.limit * ref, now >= (self.limit - RECOVERY * (self.limit - 1)) * ref
+
+    def describe(self, ref: float, now: float) -> str:
+        if self.unit == "%":
+            return f"{self.label} {100 * ref:.0f} % → {100 * now:.0f} %"
+        if self.unit == "map":
+            return f"{self.label} {100 * ref:.1f} (best) → {100 * now:.1f} (−{100 * (1 - now / ref):.0f} %)"
+        if self.how == "ratio":
+            return f"{self.label} {ref:.3g} → {now:.3g} (×{now / ref:.1f})"
+        return f"{self.label} {ref:.2g} → {now:.2g} (−{100 * (1 - now / ref):.0f} %)"
+
+
+TRAIN_SIGNALS: dict[str, Signal] = {
+    "pseudo_per_image": Signal("pseudo boxes/img", "drop", PSEUDO_DROP),
+    "pseudo_empty_frac": Signal("empty images", "rise", EMPTY_RISE, "%"),
+    "sup_loss": Signal("supervised loss", "ratio", SUP_LOSS_RISE),
+    "sup_loss_cls": Signal("supervised cls loss", "ratio", SUP_LOSS_RISE),
 }
-EVAL_SIGNALS: dict[str, tuple[str, str, float]] = {
-    "teacher/map": ("teacher mAP", "drop", MAP_DROP),
-    "probe/recall50": ("labeled probe recall", "drop", PROBE_RECALL_DROP),
+EVAL_SIGNALS: dict[str, Signal] = {
+    "teacher/map": Signal("teacher mAP", "drop", MAP_DROP, "map"),
+    "probe/recall50": Signal("labeled probe recall", "drop", PROBE_RECALL_DROP, "%"),
 }
-
-
-def _state(kind: str, limit: float, ref: float, now: float) -> tuple[bool, bool]:
-    """(past the threshold, not yet recovered) for one signal."""
-    if kind == "drop":
-        return now < limit * ref, now < (limit + RECOVERY * (1 - limit)) * ref
-    if kind == "rise":
-        return now - ref >= limit, now - ref >= (1 - RECOVERY) * limit
-    return now >= limit * ref, now >= (limit - RECOVERY * (limit - 1)) * ref
-
-
-def _describe(label: str, kind: str, ref: float, now: float) -> str:
-    if label in ("empty images",) or label.endswith("recall"):
-        return f"{label} {100 * ref:.0f} % → {100 * now:.0f} %"
-    if label == "teacher mAP":
-        return f"{label} {100 * ref:.1f} (best) → {100 * now:.1f} (−{100 * (1 - now / ref):.0f} %)"
-    if kind == "ratio":
-        return f"{label} {ref:.3g} → {now:.3g} (×{now / ref:.1f})"
-    return f"{label} {ref:.2g} → {now:.2g} (−{100 * (1 - now / ref):.0f} %)"
 
 
 class CollapseWatcher:
@@ -123,7 +129,8 @@ class CollapseWatcher:
     # ------------------------------------------------------------------ train records
     def observe_train(self, record: Mapping[str, Any]) -> str | None:
         """A `train` record of a window after the burn-in."""
-        values = {k: v for k in ("pseudo_per_image", "pseudo_empty_frac", "sup_loss_cls") if (v := _number(record, k)) is not None}
+        keys = ("pseudo_per_image", "pseudo_empty_frac", "sup_loss_cls")
+        values = {k: v for k in keys if (v := _number(record, k)) is not None}
         if (sup := _sup_loss(record)) is not None:
             values["sup_loss"] = sup
         if not values:
@@ -140,7 +147,7 @@ class CollapseWatcher:
         refs = dict(self.reference)
         if refs.get("pseudo_per_image", 0.0) < MIN_PSEUDO_REFERENCE:
             refs.pop("pseudo_per_image", None)
-        refs = {k: r for k, r in refs.items() if TRAIN_SIGNALS[k][1] != "ratio" or r > 0}
+        refs = {k: r for k, r in refs.items() if TRAIN_SIGNALS[k].how != "ratio" or r > 0}
         return self._judge("train", TRAIN_SIGNALS, refs, current, int(record.get("iter", 0)))
 
     # ------------------------------------------------------------------ eval records
@@ -167,15 +174,15 @@ class CollapseWatcher:
 
     # ------------------------------------------------------------------ shared
     def _judge(
-        self, kind: str, table: dict[str, tuple[str, str, float]],
+        self, kind: str, table: dict[str, Signal],
         refs: dict[str, float], current: dict[str, float], iteration: int, notes: Mapping[str, str] | None = None,
     ) -> str | None:
         """The warning line when an episode of `kind` starts here (naming every signal not
         back within `RECOVERY`, `notes` appended to theirs); ends one when all recovered."""
         fired, moved = [], []
-        for name, (_, how, limit) in table.items():
+        for name, signal in table.items():
             if name in refs and name in current:
-                past, unrecovered = _state(how, limit, refs[name], current[name])
+                past, unrecovered = signal.state(refs[name], current[name])
                 if past:
                     fired.append(name)
                 if unrecovered:
@@ -188,7 +195,7 @@ class CollapseWatcher:
         self.episode[kind] = True
         self.signals = {n: {"reference": refs[n], "now": current[n]} for n in moved}
         notes = notes or {}
-        parts = [_describe(table[n][0], table[n][1], refs[n], current[n]) + notes.get(n, "") for n in moved]
+        parts = [table[n].describe(refs[n], current[n]) + notes.get(n, "") for n in moved]
         line = f"collapse warning at iter {iteration}: {', '.join(parts)}; {HINT}"
         self.messages.append(line)
         return line
