@@ -29,6 +29,9 @@ def test_results_rows_average_the_train_windows_between_evaluations():
     assert first["unsup_loss"] is None and first["teacher_map"] is None and first["collapse"] == ""
     assert second["sup_loss"] == 0.75 and second["unsup_loss"] == 0.25 and second["pseudo_per_image"] == 2.0
     assert second["teacher_map"] == 0.4 and second["probe_recall50"] == 0.6 and second["collapse"] == "pseudo boxes fell"
+    # a warning raised by an evaluation belongs to that evaluation's row
+    (row,) = results_rows([records[2], {"type": "collapse", "iter": 2, "message": "teacher mAP fell"}])
+    assert row["collapse"] == "teacher mAP fell"
 
 
 def test_split_hash_ignores_order_and_tells_splits_apart():

@@ -160,6 +160,8 @@ def run_train(options: dict[str, Any], prepare: Callable[[Trainer], None] | None
                 results.print(f"best.pt: {summary.best_eval.describe()}", markup=False)
             for line in describe_summary(summary.summary):
                 results.print(line, markup=False)
+            for line in summary.collapse:  # the run's collapse warnings again, where the summary is read
+                results.print(line, style="yellow", markup=False, highlight=False, soft_wrap=True)
             unreadable = trainer.data.unreadable.summary()
             results.print(
                 f"{summary.status}: {summary.iterations} iterations, {summary.sec_per_iter:.2f} s/it, "

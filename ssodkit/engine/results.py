@@ -73,7 +73,11 @@ def results_rows(records: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
                 if (key in WINDOW_STATS or is_loss_term(key)) and isinstance(value, (int, float)):
                     window.setdefault(key, []).append(float(value))
         elif kind == "collapse":
-            collapse.append(str(rec.get("message", "")))
+            message = str(rec.get("message", ""))
+            if rows and rows[-1]["iter"] == rec.get("iter"):  # raised by that evaluation itself
+                rows[-1][LAST_COLUMN] = "; ".join(filter(None, [rows[-1][LAST_COLUMN], message]))
+            else:
+                collapse.append(message)
         elif kind == "eval":
             row: dict[str, Any] = {"iter": rec["iter"], "wall_s": rec.get("wall_s", wall), "lr": lr}
             row.update({col: rec.get(key) for key, col in EVAL_KEYS.items()})

@@ -118,6 +118,4 @@ def describe(summary: Mapping[str, Any]) -> list[str]:
     wall = summary.get("wall_s")
     if wall is not None:
         lines.append(f"wall time {wall / 60:.1f} min")
-    for warning in summary.get("collapse", []):
-        lines.append(f"collapse warning at iter {warning['iter']}: see results.csv / docs/troubleshooting.md")
-    return lines
+    return lines  # collapse warnings are printed in full by the caller

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 from rich.console import Console
+from rich.markup import escape
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
@@ -26,6 +27,7 @@ from ssodkit.data.coco import SKIP_INVALID_REMEDY
 from ssodkit.detectors.protocol import check_capabilities
 from ssodkit.engine import checkpoint as ckpt
 from ssodkit.engine.burn_in import BurnIn
+from ssodkit.engine.collapse import CollapseWatcher
 from ssodkit.engine.data_setup import TrainData, build_train_data
 from ssodkit.engine.distributed import (
     DistInfo,
@@ -69,7 +71,7 @@ from ssodkit.pseudo.labeler import (
 class TrainSummary:
     run_dir: Path
     iterations: int
-    status: str  # "finished" or "interrupted"
+    status: str  # "finished", "interrupted" or "collapsed" (train.stop_on_collapse)
     skipped_steps: int
     sec_per_iter: float
     final: dict[str, EvalResult] = field(default_factory=dict)  # "student"/"teacher" → metrics
@@ -77,6 +79,7 @@ class TrainSummary:
     final_iter: int | None = None  # the iteration `final` was measured at
     best_eval: ckpt.BestEval | None = None  # which model best.pt holds for inference, and when
     summary: dict[str, Any] = field(default_factory=dict)  # summary.json's content
+    collapse: list[str] = field(default_factory=list)  # the collapse watcher's warnings (docs/troubleshooting.md)
 
 
 def next_run_dir(runs_dir: Path, name: str) -> Path:
@@ -203,7 +206,9 @@ class Trainer:
         self.method = self.method_cls.from_config(cfg, self.classes)
         self.method.check_detector(self.model)
         self.teacher: nn.Module | None = None
+        self.collapse: CollapseWatcher | None = None
         if self.method_cls.uses_teacher:
+            self.collapse = CollapseWatcher()
             self.teacher = copy.deepcopy(self.model).eval().requires_grad_(False)
             t = cfg.teacher
             self.ema = EMA(t.momentum, t.gamma, t.min_momentum, t.buffers, t.interval)
@@ -244,6 +249,7 @@ class Trainer:
         elif self.dist.is_main:
             save_config(cfg, self.run_dir / "config.yaml")
         self._stop_requested = False
+        self._collapsed = False  # train.stop_on_collapse: the watcher warned, stop after this step
 
     # ------------------------------------------------------------------ set-up helpers
     def _say(self, text: str, style: str | None = None) -> None:
@@ -278,6 +284,7 @@ class Trainer:
             "best": self.best,
             "best_eval": self.best_eval.to_state() if self.best_eval is not None else None,
             "wall_s": self.wall_s,
+            "collapse": self.collapse.state_dict() if self.collapse is not None else None,
         }
 
     def _load(self, path: Path) -> None:
@@ -297,6 +304,8 @@ class Trainer:
         self.best = state.get("best")
         self.best_eval = ckpt.BestEval.from_state(state.get("best_eval"))
         self.wall_before = float(state.get("wall_s", 0.0))
+        if self.collapse is not None:
+            self.collapse.load_state_dict(state.get("collapse"))
         ckpt.set_rng_state(state["rng"])
 
     def save(self, name: str) -> None:
@@ -482,6 +491,8 @@ class Trainer:
         probe = self.probe_quality()
         record.update(probe)
         self.metrics.write(record)
+        if self.collapse is not None:
+            self._warn_collapse(self.collapse.observe_eval(record, burn_in=self.burn_in.active(self.iteration)))
         parts = [f"{name} mAP {100 * (r.map or 0):.1f}" for name, r in results.items()]
         if quality:
             parts.append(
@@ -572,6 +583,14 @@ class Trainer:
         write_summary(self.run_dir, summary)
         return summary
 
+    def _warn_collapse(self, line: str | None) -> None:
+        """Print and log the collapse watcher's warning; stop after this step if asked to."""
+        if line is None or self.collapse is None:
+            return
+        self._progress.print(f"[yellow]{escape(line)}")
+        self.metrics.write({"type": "collapse", "iter": self.iteration, "message": line, "signals": self.collapse.signals})
+        self._collapsed = self._collapsed or self.cfg.train.stop_on_collapse
+
     # ------------------------------------------------------------------ the loop
     def _handle_sigint(self, signum: int, frame: Any) -> None:
         if self._stop_requested:
@@ -594,8 +613,8 @@ class Trainer:
         try:
             with self._progress:
                 while self.iteration < total_iters:
-                    if any_rank(self._stop_requested, self.dist, self.device):
-                        status = "interrupted"
+                    if any_rank(self._stop_requested or self._collapsed, self.dist, self.device):
+                        status = "collapsed" if any_rank(self._collapsed, self.dist, self.device) else "interrupted"
                         break
                     step_start = time.monotonic()
                     losses = self.train_step(next(stream))
@@ -611,7 +630,7 @@ class Trainer:
                     else:
                         self._progress.update(self.iteration, means, self.optimizer.param_groups[0]["lr"])
                     if self.iteration % cfg.train.log_interval == 0 or self.iteration == total_iters:
-                        self.metrics.write({
+                        record = {
                             "type": "train", "iter": self.iteration,
                             "lr": self.optimizer.param_groups[0]["lr"],
                             "sec_per_iter": time.monotonic() - step_start,
@@ -619,7 +638,10 @@ class Trainer:
                             "unreadable_images": sum(self.data.unreadable.counts.values()),
                             "wall_s": self.wall_s,
                             **means,
-                        })
+                        }
+                        self.metrics.write(record)
+                        if self.collapse is not None and not self.burn_in.active(self.iteration - cfg.train.log_interval):
+                            self._warn_collapse(self.collapse.observe_train(record))  # whole window semi-supervised
                         window = {}
                     self._update_burn_in()
                     is_last = self.iteration == total_iters
@@ -633,6 +655,13 @@ class Trainer:
                 if status == "interrupted":
                     self.save("last")
                     self._progress.print(f"[yellow]stopped at iteration {self.iteration}; resume with --resume {self.run_dir}")
+                elif status == "collapsed":
+                    self.save("last")
+                    self._progress.print(
+                        f"[yellow]stopped at iteration {self.iteration} (train.stop_on_collapse): last.pt saved, best.pt "
+                        f"holds the best model; change what the warning suggests in {self.run_dir / 'config.yaml'} and "
+                        f"resume with --resume {self.run_dir}, or start again from best.pt with --init-from"
+                    )
         except BaseException:
             if self.dist.is_main:
                 self._remove_unused_run_dir()  # nothing trained was saved: leave no empty run folder
@@ -648,6 +677,7 @@ class Trainer:
             # training steps only (data wait included; evaluation and checkpoints excluded)
             sec_per_iter=sec_per_iter, final=final, best=self.best,
             final_iter=final_iter, best_eval=self.best_eval, summary=summary,
+            collapse=list(self.collapse.messages) if self.collapse is not None else [],
         )
 
     def close(self) -> None:
