@@ -97,3 +97,18 @@ def test_the_shared_plot_module_loads_no_diagnostics():
     code = "import sys, ssodkit.plots; print(sorted(m for m in sys.modules if m.startswith('ssodkit.stats')))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_methods_that_log_pseudo_boxes_per_input_kind_fill_the_column_and_feed_the_watcher():
+    from ssodkit.engine.collapse import CollapseWatcher
+
+    mixpl = {"type": "train", "iter": 1, "mosaic_pseudo_per_image": 4.0, "mixup_pseudo_per_image": 2.0}
+    (row,) = results_rows([mixpl, {"type": "eval", "iter": 1}])
+    assert row["pseudo_per_image"] == 3.0
+    watcher = CollapseWatcher()
+    lines = [
+        watcher.observe_train({**mixpl, "iter": i, "sup_loss_cls": 0.2, **(
+            {"mosaic_pseudo_per_image": 0.4, "mixup_pseudo_per_image": 0.2} if i > 3 else {})})
+        for i in range(1, 7)
+    ]
+    assert any(line and "pseudo boxes/img" in line for line in lines)

@@ -39,6 +39,8 @@ import statistics
 from collections.abc import Mapping
 from typing import Any, NamedTuple
 
+from ssodkit.engine.results import pseudo_boxes_per_image
+
 REFERENCE_WINDOWS = 3  # train windows after the burn-in averaged into the reference
 SMOOTH_WINDOWS = 3  # train windows in the moving median compared with it
 PSEUDO_DROP = 0.5  # pseudo boxes / image below this fraction of the reference
@@ -131,6 +133,8 @@ class CollapseWatcher:
         """A `train` record of a window after the burn-in."""
         keys = ("pseudo_per_image", "pseudo_empty_frac", "sup_loss_cls")
         values = {k: v for k in keys if (v := _number(record, k)) is not None}
+        if (boxes := pseudo_boxes_per_image(record)) is not None:  # MixPL, Soft Teacher: per kind of input
+            values["pseudo_per_image"] = boxes
         if (sup := _sup_loss(record)) is not None:
             values["sup_loss"] = sup
         if not values:

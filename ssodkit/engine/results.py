@@ -46,6 +46,20 @@ EVAL_KEYS = {
 WINDOW_STATS = ("loss", "pseudo_per_image", "pseudo_empty_frac")
 
 
+def pseudo_boxes_per_image(record: Mapping[str, Any]) -> float | None:
+    """A train record's pseudo boxes per unlabeled image: `pseudo_per_image`, or for a method
+    that logs it per kind of student input (MixPL's `mosaic_…`/`mixup_pseudo_per_image`, Soft
+    Teacher's `pseudo_cls_…`/`pseudo_rpn_per_image`) the mean of those."""
+    value = record.get("pseudo_per_image")
+    if isinstance(value, (int, float)):
+        return float(value)
+    parts = [
+        float(v) for k, v in record.items()
+        if "pseudo" in k and k.endswith("_per_image") and isinstance(v, (int, float)) and math.isfinite(v)
+    ]
+    return sum(parts) / len(parts) if parts else None
+
+
 def is_loss_term(key: str) -> bool:
     return key.startswith(LOSS_PREFIXES)
 
@@ -72,6 +86,8 @@ def results_rows(records: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
             for key, value in rec.items():
                 if (key in WINDOW_STATS or is_loss_term(key)) and isinstance(value, (int, float)):
                     window.setdefault(key, []).append(float(value))
+            if "pseudo_per_image" not in rec and (boxes := pseudo_boxes_per_image(rec)) is not None:
+                window.setdefault("pseudo_per_image", []).append(boxes)
         elif kind == "collapse":
             message = str(rec.get("message", ""))
             if rows and rows[-1]["iter"] == rec.get("iter"):  # raised by that evaluation itself
