@@ -400,6 +400,7 @@ def _pseudo_count_panel(ax: Axes, rows: Sequence[Mapping[str, Any]], iters: np.n
         _no_data(ax, "no pseudo-labels (supervised, or burn-in)")
         return
     ax.plot(iters, per_image, marker=".", color="tab:blue", label="boxes per image")
+    ax.set_ylim(bottom=0)  # from zero: a 10 % dip must not look like a collapse
     twin = ax.twinx()
     twin.plot(iters, empty, marker=".", color="tab:orange", linestyle="--", label="empty-image fraction")
     twin.set(ylabel="empty-image fraction", ylim=(0, 1.02))
