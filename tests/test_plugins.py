@@ -3,7 +3,6 @@ registry collected only when used."""
 
 from __future__ import annotations
 
-import importlib
 import os
 import subprocess
 import sys
@@ -16,6 +15,7 @@ import pytest
 from ssodkit.errors import SsodkitError
 from ssodkit.plugins import get_plugin_manager, get_registry, plugin_entries, reset_plugin_manager
 from ssodkit.plugins.manager import BUILTIN_PLUGINS
+from tests.distributions import install_distribution
 
 
 RAISES_WHILE_REGISTERING = """
@@ -38,15 +38,10 @@ def install_fake_distribution(
     tmp_path, monkeypatch, module_source: str, dist: str = "ssodkit-demo",
     entry_points: str = "demo = demo_plugin",
 ) -> None:
-    """A real installed distribution (dist-info + entry point) on sys.path, no pip needed."""
+    """A plugin module `demo_plugin` in an installed distribution `dist`, no pip needed."""
     (tmp_path / "demo_plugin.py").write_text(textwrap.dedent(module_source))
-    info = tmp_path / f"{dist.replace('-', '_')}-0.3.1.dist-info"
-    info.mkdir()
-    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: 0.3.1\n")
-    (info / "entry_points.txt").write_text(f"[ssodkit]\n{entry_points}\n")
-    monkeypatch.syspath_prepend(str(tmp_path))
+    install_distribution(tmp_path, monkeypatch, dist=dist, version="0.3.1", entry_points=entry_points)
     sys.modules.pop("demo_plugin", None)
-    importlib.invalidate_caches()
 
 
 def test_builtins_are_registered_through_the_hooks(fresh_plugins):

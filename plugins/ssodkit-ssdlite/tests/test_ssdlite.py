@@ -1,0 +1,145 @@
+"""SSDlite as an outside detector: the protocol's contract, training with the generic-tier
+methods, refusal by the others, and the plugin's visibility through `ssodkit plugins`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from ssodkit.config import build_config
+from ssodkit.detectors import DetectorConfig, Detections, build_detector, check_capabilities
+from ssodkit.errors import CapabilityError, ConfigError
+from ssodkit.plugins import method_class, reset_plugin_manager
+
+RECIPES = sorted((Path(__file__).resolve().parents[1] / "recipes").rglob("*.yaml"))
+
+
+def tiny(**fields: object) -> torch.nn.Module:
+    return build_detector(DetectorConfig(name="ssdlite", **fields), num_classes=3)
+
+
+def scene() -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    image = torch.rand(3, 96, 128)
+    return image, {"boxes": torch.tensor([[10.0, 12, 60, 70], [70, 20, 120, 90]]), "labels": torch.tensor([0, 2])}
+
+
+def test_predictions_are_in_input_pixels_with_class_probabilities(ssdlite):
+    model = tiny(score_thresh=0.0).eval()
+    images = [torch.rand(3, 97, 203), torch.rand(3, 150, 61)]  # padded together, never resized
+    for det, image in zip(model.predict(images), images):
+        h, w = image.shape[-2:]
+        assert isinstance(det, Detections) and len(det) > 0
+        assert float(det.boxes[:, 2].max()) <= w and float(det.boxes[:, 3].max()) <= h
+        assert det.probs is not None and det.probs.shape == (len(det), 3)
+        assert torch.allclose(det.probs.gather(1, det.labels[:, None]).squeeze(1), det.scores)
+
+
+def test_loss_trains_on_pixel_boxes_and_honours_the_protocol_options(ssdlite):
+    model = tiny()
+    image, target = scene()
+    losses = model.loss([image], [target])
+    assert set(losses) == {"loss_cls", "loss_box"} and all(torch.isfinite(v) for v in losses.values())
+    sum(losses.values()).backward()
+    assert set(model.loss([image], [target], cls_only=True)) == {"loss_cls"}
+    # focal changes the classification term only, and down-weights it
+    model.eval()
+    ce, focal = model.loss([image], [target]), model.loss([image], [target], focal=True)
+    assert torch.equal(ce["loss_box"], focal["loss_box"]) and focal["loss_cls"] < ce["loss_cls"]
+
+
+def test_zero_weight_image_adds_exactly_nothing(ssdlite):
+    model = tiny().eval()  # fixed BN statistics: the batch composition cannot leak in
+    image, target = scene()
+    other = torch.rand(3, 96, 128)
+    other_t = {"boxes": torch.tensor([[5.0, 5, 50, 50]]), "labels": torch.tensor([1])}
+    alone = model.loss([image], [target])
+    weighted = model.loss([image, other], [target, other_t], image_weights=torch.tensor([1.0, 0.0]))
+    for k in alone:
+        assert torch.allclose(alone[k], weighted[k], rtol=1e-4, atol=1e-6), k
+
+
+def test_a_timm_backbone_is_refused_in_one_line(ssdlite):
+    with pytest.raises(ConfigError, match=r"fixed mobilenet_v3_large backbone; detector.backbone 'resnet50'"):
+        tiny(backbone="resnet50")
+
+
+def test_freeze_bn_freezes_the_backbone_norms(ssdlite):
+    from torchvision.ops import FrozenBatchNorm2d
+
+    model = tiny(freeze_bn=True)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in model.backbone.modules())
+    assert any(isinstance(m, FrozenBatchNorm2d) for m in model.backbone.modules())
+
+
+@pytest.mark.parametrize("method", ["supervised", "mean_teacher", "mixpl"])
+def test_trains_with_generic_tier_methods(ssdlite, tiny_config, method):
+    from tests.test_trainer import train
+
+    # MixPL mixes once its cache (6 images, 2 per step) is full: steps 4 and 5
+    extra = {"method__cache_size": 6, "schedule__iters": 5} if method == "mixpl" else {"schedule__iters": 3}
+    cfg = tiny_config(
+        method__name=method, detector__name="ssdlite", train__unlabeled_batch_size=2,
+        output__name=method, **extra,
+    )
+    _, summary = train(cfg)
+    assert summary.status == "finished" and summary.iterations == cfg.schedule.iters
+
+
+@pytest.mark.parametrize(("method", "capability"), [("sed", "dense_outputs"), ("soft_teacher", "two_stage")])
+def test_methods_needing_a_capability_refuse_it_in_one_line(ssdlite, method, capability):
+    with pytest.raises(CapabilityError) as err:
+        check_capabilities("ssdlite", tiny(), method, method_class(method).requires)
+    message = str(err.value)
+    assert "\n" not in message
+    assert message == (
+        f"method '{method}' needs the {capability} capability, which detector 'ssdlite' does not "
+        "provide (it has: generic tier only)"
+    )
+
+
+def test_train_command_refuses_sed_in_one_line(ssdlite, cli, tiny_data, tmp_path):
+    result = cli(
+        "train", "--method", "sed", "--detector", "ssdlite", "--train-ann", tiny_data.train,
+        "--train-images", tiny_data.images, "--unlabeled", tiny_data.unlabeled,
+        "--set", f"data.unlabeled_images={tiny_data.images}", "--set", f"output.runs_dir={tmp_path}",
+    )
+    assert result.exit_code == 2
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert errors == [
+        "error: method 'sed' needs the dense_outputs capability, which detector 'ssdlite' does not "
+        "provide (it has: generic tier only)"
+    ]
+
+
+def test_plugins_command_lists_ssdlite_with_its_distribution(ssdlite, cli):
+    result = cli("plugins", "--json")
+    assert result.exit_code == 0, result.output
+    rows = [r for r in json.loads(result.stdout) if r["name"] == "ssdlite"]
+    assert [(r["kind"], r["package"], r["version"], r["plugin"]) for r in rows] == [
+        ("detector", "ssodkit-ssdlite", "0.1.0", "ssdlite")
+    ]
+
+
+def test_excluded_by_ssodkit_load_plugins_it_is_gone(ssdlite, cli, monkeypatch, tiny_data, tmp_path):
+    monkeypatch.setenv("SSODKIT_LOAD_PLUGINS", "some-other-plugin")
+    reset_plugin_manager()
+    listed = cli("plugins", "--json")
+    assert "ssdlite" not in {r["name"] for r in json.loads(listed.stdout)}
+    result = cli(
+        "train", "--detector", "ssdlite", "--train-ann", tiny_data.train, "--train-images", tiny_data.images,
+        "--set", f"output.runs_dir={tmp_path}",
+    )
+    assert result.exit_code == 2
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert errors == ["error: unknown detector 'ssdlite'; valid: faster_rcnn, fcos, retinanet."]
+
+
+@pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: p.stem)
+def test_recipe_validates(ssdlite, recipe):
+    cfg = build_config(recipe)
+    method_class(cfg.method.name).from_config(cfg, ["a", "b"])
+    assert recipe.stem == f"{cfg.method.name}_{cfg.detector.name}"
+    assert cfg.detector.backbone == "mobilenet_v3_large"
