@@ -76,16 +76,24 @@ def test_freeze_bn_freezes_the_backbone_norms(ssdlite):
 
 @pytest.mark.parametrize("method", ["supervised", "mean_teacher", "mixpl"])
 def test_trains_with_generic_tier_methods(ssdlite, tiny_config, method):
+    """A few steps each; τ = 0.01 so that the untrained teacher's boxes do reach the student."""
     from tests.test_trainer import train
 
     # MixPL mixes once its cache (6 images, 2 per step) is full: steps 4 and 5
-    extra = {"method__cache_size": 6, "schedule__iters": 5} if method == "mixpl" else {"schedule__iters": 3}
+    iters = {"method__cache_size": 6, "schedule__iters": 5} if method == "mixpl" else {"schedule__iters": 3}
+    threshold = {} if method == "supervised" else {"method__score_thr": 0.01}
     cfg = tiny_config(
-        method__name=method, detector__name="ssdlite", train__unlabeled_batch_size=2,
-        output__name=method, **extra,
+        method__name=method, detector__name="ssdlite", train__unlabeled_batch_size=2, output__name=method,
+        **iters, **threshold,
     )
-    _, summary = train(cfg)
+    trainer, summary = train(cfg)
+    assert type(trainer.model).__name__ == "SSDLiteDetector"
     assert summary.status == "finished" and summary.iterations == cfg.schedule.iters
+    last = [json.loads(line) for line in (summary.run_dir / "metrics.jsonl").read_text().splitlines()
+            if '"train"' in line][-1]
+    unsupervised = {k for k in last if "loss_" in k and not k.startswith("sup_")}
+    assert bool(unsupervised) == (method != "supervised"), last
+    assert all(torch.isfinite(torch.tensor(v)) for k, v in last.items() if "loss" in k)
 
 
 @pytest.mark.parametrize(("method", "capability"), [("sed", "dense_outputs"), ("soft_teacher", "two_stage")])
