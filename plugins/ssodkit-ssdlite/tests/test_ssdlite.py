@@ -4,6 +4,9 @@ methods, refusal by the others, and the plugin's visibility through `ssodkit plu
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -74,14 +77,15 @@ def test_freeze_bn_freezes_the_backbone_norms(ssdlite):
     assert any(isinstance(m, FrozenBatchNorm2d) for m in model.backbone.modules())
 
 
-@pytest.mark.parametrize("method", ["supervised", "mean_teacher", "mixpl"])
+@pytest.mark.parametrize("method", ["supervised", "mean_teacher", "mixpl", "unbiased_teacher"])
 def test_trains_with_generic_tier_methods(ssdlite, tiny_config, method):
-    """A few steps each; τ = 0.01 so that the untrained teacher's boxes do reach the student."""
+    """A few steps each; τ = 0.01 so that the untrained teacher's boxes do reach the student
+    (Unbiased Teacher: through `focal` and `cls_only`)."""
     from tests.test_trainer import train
 
     # MixPL mixes once its cache (6 images, 2 per step) is full: steps 4 and 5
     iters = {"method__cache_size": 6, "schedule__iters": 5} if method == "mixpl" else {"schedule__iters": 3}
-    threshold = {} if method == "supervised" else {"method__score_thr": 0.01}
+    threshold = {} if method == "supervised" else {"method__score_thr": 0.01, "teacher__burn_in": 0}
     cfg = tiny_config(
         method__name=method, detector__name="ssdlite", train__unlabeled_batch_size=2, output__name=method,
         **iters, **threshold,
@@ -151,3 +155,16 @@ def test_recipe_validates(ssdlite, recipe):
     method_class(cfg.method.name).from_config(cfg, ["a", "b"])
     assert recipe.stem == f"{cfg.method.name}_{cfg.detector.name}"
     assert cfg.detector.backbone == "mobilenet_v3_large"
+
+
+def test_loading_the_plugin_does_not_import_torch(ssdlite):
+    """`ssodkit --help` imports every plugin module: this one must stay light."""
+    code = (
+        "import sys; from ssodkit.cli.app import build_app; build_app(); "
+        "print('ssodkit_ssdlite.plugin' in sys.modules, 'torch' in sys.modules)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+    )
+    assert out.stdout.split() == ["True", "False"], out.stderr
