@@ -39,6 +39,7 @@ def install_fake_distribution(
     entry_points: str = "demo = demo_plugin",
 ) -> None:
     """A plugin module `demo_plugin` in an installed distribution `dist`, no pip needed."""
+    tmp_path.mkdir(exist_ok=True)
     (tmp_path / "demo_plugin.py").write_text(textwrap.dedent(module_source))
     install_distribution(tmp_path, monkeypatch, dist=dist, version="0.3.1", entry_points=entry_points)
     sys.modules.pop("demo_plugin", None)
@@ -94,11 +95,30 @@ def test_plugin_that_raises_while_registering_is_named(fresh_plugins, tmp_path):
         get_registry()
 
 
-def test_plugin_that_fails_to_import_is_named(fresh_plugins, tmp_path):
-    install_fake_distribution(tmp_path, fresh_plugins, "import not_a_module_anywhere\n", dist="ssodkit-badimport")
-    fresh_plugins.setenv("SSODKIT_LOAD_PLUGINS", "ssodkit-badimport")
-    with pytest.raises(SsodkitError, match="plugin 'demo' from distribution 'ssodkit-badimport' 0.3.1 failed to load"):
-        get_registry()
+def test_plugin_that_fails_to_import_is_named_and_the_others_still_load(fresh_plugins, tmp_path, capsys):
+    install_fake_distribution(tmp_path / "bad", fresh_plugins, "import not_a_module_anywhere\n", dist="ssodkit-badimport")
+    (tmp_path / "good").mkdir()
+    (tmp_path / "good" / "good_plugin.py").write_text(textwrap.dedent("""
+        from ssodkit.plugins import hookimpl
+
+        @hookimpl
+        def register_detectors(register):
+            register("good_det", object)
+    """))
+    install_distribution(tmp_path / "good", fresh_plugins, dist="ssodkit-good", version="1.0", entry_points="good = good_plugin")
+    fresh_plugins.setenv("SSODKIT_LOAD_PLUGINS", "ssodkit-badimport,ssodkit-good")
+    expected = (
+        "plugin 'demo' from distribution 'ssodkit-badimport' 0.3.1 failed to load: "
+        "ModuleNotFoundError: No module named 'not_a_module_anywhere'"
+    )
+    assert get_plugin_manager().failures == [expected]
+    assert {"good_det", "fcos"} <= set(get_registry().names("detectors"))
+    with pytest.raises(SsodkitError, match=r"unknown detector 'demo_det'; valid: .* Not loaded: plugin 'demo' from distribution 'ssodkit-badimport'"):
+        get_registry().get("detectors", "demo_det")
+    from ssodkit.cli.app import build_app
+
+    build_app()
+    assert capsys.readouterr().err.splitlines() == [f"warning: {expected}"]
 
 
 def test_plugins_command_lists_builtins(fresh_plugins, cli):
