@@ -53,6 +53,28 @@ def test_loss_trains_on_pixel_boxes_and_honours_the_protocol_options(ssdlite):
     assert torch.equal(ce["loss_box"], focal["loss_box"]) and focal["loss_cls"] < ce["loss_cls"]
 
 
+def test_unweighted_loss_equals_torchvisions(ssdlite):
+    """Same matching, box coding and hard-negative mining as `SSD.compute_loss`."""
+    from types import SimpleNamespace
+
+    from torchvision.models.detection.ssd import SSD
+    from torchvision.ops import box_iou
+
+    model = tiny().eval()
+    image, target = scene()
+    images = [image, torch.rand(3, 96, 128)]
+    targets = [target, {"boxes": torch.tensor([[5.0, 5, 50, 50]]), "labels": torch.tensor([1])}]
+    ours = model.loss(images, targets)
+    _, outputs, anchors = model._run(images)
+    matched = [model.matcher(box_iou(t["boxes"], a)) for t, a in zip(targets, anchors)]
+    shifted = [{"boxes": t["boxes"], "labels": t["labels"] + 1} for t in targets]  # 0 = background there
+    theirs = SSD.compute_loss(
+        SimpleNamespace(box_coder=model.box_coder, neg_to_pos_ratio=3), shifted, outputs, anchors, matched
+    )
+    assert torch.allclose(ours["loss_cls"], theirs["classification"], rtol=1e-5)
+    assert torch.allclose(ours["loss_box"], theirs["bbox_regression"], rtol=1e-5)
+
+
 def test_zero_weight_image_adds_exactly_nothing(ssdlite):
     model = tiny().eval()  # fixed BN statistics: the batch composition cannot leak in
     image, target = scene()
