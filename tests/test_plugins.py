@@ -17,7 +17,6 @@ from ssodkit.plugins import get_plugin_manager, get_registry, plugin_entries, re
 from ssodkit.plugins.manager import BUILTIN_PLUGINS
 from tests.distributions import install_distribution
 
-
 RAISES_WHILE_REGISTERING = """
     from ssodkit.plugins import hookimpl
 

@@ -30,7 +30,19 @@ _LAZY_EXPORTS = {
 }
 """Public name → submodule it lives in (imported on first use: torch)."""
 
-__all__ = ["DetectorConfig", "build_detector", *sorted(_LAZY_EXPORTS)]
+__all__ = [
+    "DenseHead",
+    "Detections",
+    "Detector",
+    "DetectorConfig",
+    "NormalizePadTransform",
+    "Target",
+    "TwoStage",
+    "build_detector",
+    "check_capabilities",
+    "resolve_image_weights",
+    "validate_targets",
+]
 
 
 def __getattr__(name: str) -> Any:

@@ -13,7 +13,12 @@ import pytest
 import torch
 
 from ssodkit.config import build_config
-from ssodkit.detectors import DetectorConfig, Detections, build_detector, check_capabilities
+from ssodkit.detectors import (
+    Detections,
+    DetectorConfig,
+    build_detector,
+    check_capabilities,
+)
 from ssodkit.errors import CapabilityError, ConfigError
 from ssodkit.plugins import method_class, reset_plugin_manager
 
@@ -143,8 +148,8 @@ def test_train_command_refuses_sed_in_one_line(ssdlite, cli, tiny_data, tmp_path
     assert result.exit_code == 2
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert errors == [
-        "error: method 'sed' needs the dense_outputs capability, which detector 'ssdlite' does not "
-        "provide (it has: generic tier only)"
+        "error: method 'sed' needs the dense_outputs capability, which detector 'ssdlite' does not provide "
+        + "(it has: generic tier only)"
     ]
 
 

@@ -27,13 +27,12 @@ refused at start-up by ssodkit's `check_capabilities`.
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 from urllib.error import URLError
 
 import torch
 import torch.nn.functional as F
-from functools import partial
-
 from torch import Tensor, nn
 from torchvision.models import MobileNet_V3_Large_Weights
 from torchvision.models.detection import ssdlite320_mobilenet_v3_large
@@ -41,8 +40,8 @@ from torchvision.ops import FrozenBatchNorm2d
 from torchvision.ops import boxes as box_ops
 
 from ssodkit.detectors import (
-    DetectorConfig,
     Detections,
+    DetectorConfig,
     NormalizePadTransform,
     Target,
     resolve_image_weights,
