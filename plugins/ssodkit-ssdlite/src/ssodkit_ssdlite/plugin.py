@@ -6,9 +6,9 @@ registry calls only when a run asks for `--detector ssdlite`.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from ssodkit.plugins import hookimpl
+from ssodkit.plugins import Register, hookimpl
 
 if TYPE_CHECKING:
     from ssodkit.detectors import DetectorConfig
@@ -23,5 +23,5 @@ def build_ssdlite(num_classes: int, cfg: DetectorConfig) -> SSDLiteDetector:
 
 
 @hookimpl
-def register_detectors(register: Any) -> None:
+def register_detectors(register: Register) -> None:
     register("ssdlite", build_ssdlite)
