@@ -127,6 +127,22 @@ def test_trains_with_generic_tier_methods(ssdlite, tiny_config, method):
     assert all(torch.isfinite(torch.tensor(v)) for k, v in last.items() if "loss" in k)
 
 
+def test_a_checkpoint_evaluates_and_pseudo_labels_through_the_cli(ssdlite, tiny_config, tiny_data, cli, tmp_path):
+    """The saved config names `ssdlite`: the commands rebuild it through the registry."""
+    from tests.test_trainer import train
+
+    _, summary = train(tiny_config(detector__name="ssdlite", schedule__iters=2))
+    checkpoint = summary.run_dir / "checkpoints" / "last.pt"
+    out = tmp_path / "metrics.json"
+    said = cli("evaluate", "--checkpoint", checkpoint, "--ann", tiny_data.val, "--images", tiny_data.images, "--out", out)
+    assert said.exit_code == 0, said.output
+    assert "map" in json.loads(out.read_text())
+    pseudo = tmp_path / "pl.json"
+    said = cli("pseudolabel", "--checkpoint", checkpoint, "--images", tiny_data.unlabeled, "--out", pseudo)
+    assert said.exit_code == 0, said.output
+    assert pseudo.is_file()
+
+
 @pytest.mark.parametrize(("method", "capability"), [("sed", "dense_outputs"), ("soft_teacher", "two_stage")])
 def test_methods_needing_a_capability_refuse_it_in_one_line(ssdlite, method, capability):
     with pytest.raises(CapabilityError) as err:
