@@ -8,9 +8,9 @@ head, default-box generator, matcher, box coder — are kept, and the few lines 
 are written here:
 
 - images arrive as float RGB in [0, 1] at the size the view chose; they are normalised
-  with SSDlite's own mean/std (0.5: [0, 1] → [-1, 1]) and zero-padded to a multiple of 32,
-  never resized, so predictions are in the input's pixels by construction. The default
-  boxes are fractions of the padded batch, as in torchvision;
+  with SSDlite's own mean/std (0.5: [0, 1] → [-1, 1]) and padded (with the mean colour) to
+  a multiple of 32, never resized, so predictions are in the input's pixels by
+  construction. The default boxes are fractions of the padded batch, as in torchvision;
 - the loss is torchvision's (IoU-0.5 matching, smooth-L1 on (10, 10, 5, 5)-encoded boxes,
   cross-entropy with 3:1 hard-negative mining per image), with per-image weights:
   each image's sums are scaled by its weight and divided by the foreground count of the
