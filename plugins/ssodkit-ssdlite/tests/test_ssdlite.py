@@ -96,6 +96,28 @@ def test_a_timm_backbone_is_refused_in_one_line(ssdlite):
         tiny(backbone="resnet50")
 
 
+def test_pretrained_asks_torchvision_for_the_imagenet_backbone_and_names_a_failure(ssdlite, monkeypatch):
+    from urllib.error import URLError
+
+    from torchvision.models import MobileNet_V3_Large_Weights
+    from torchvision.models._api import WeightsEnum
+
+    from ssodkit.errors import SsodkitError
+
+    asked = []
+
+    def offline(weights, *args, **kwargs):
+        asked.append(weights)
+        raise URLError("no network")
+
+    monkeypatch.setattr(WeightsEnum, "get_state_dict", offline)
+    with pytest.raises(SsodkitError, match=r"^could not load ImageNet weights for ssdlite's mobilenet_v3_large: "):
+        tiny(pretrained=True)
+    assert asked == [MobileNet_V3_Large_Weights.IMAGENET1K_V1]
+    tiny()  # random init asks for nothing
+    assert len(asked) == 1
+
+
 def test_freeze_bn_freezes_the_backbone_norms(ssdlite):
     from torchvision.ops import FrozenBatchNorm2d
 
