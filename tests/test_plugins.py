@@ -3,7 +3,6 @@ registry collected only when used."""
 
 from __future__ import annotations
 
-import importlib
 import os
 import subprocess
 import sys
@@ -16,7 +15,7 @@ import pytest
 from ssodkit.errors import SsodkitError
 from ssodkit.plugins import get_plugin_manager, get_registry, plugin_entries, reset_plugin_manager
 from ssodkit.plugins.manager import BUILTIN_PLUGINS
-
+from tests.distributions import install_distribution
 
 RAISES_WHILE_REGISTERING = """
     from ssodkit.plugins import hookimpl
@@ -38,15 +37,11 @@ def install_fake_distribution(
     tmp_path, monkeypatch, module_source: str, dist: str = "ssodkit-demo",
     entry_points: str = "demo = demo_plugin",
 ) -> None:
-    """A real installed distribution (dist-info + entry point) on sys.path, no pip needed."""
+    """A plugin module `demo_plugin` in an installed distribution `dist`, no pip needed."""
+    tmp_path.mkdir(exist_ok=True)
     (tmp_path / "demo_plugin.py").write_text(textwrap.dedent(module_source))
-    info = tmp_path / f"{dist.replace('-', '_')}-0.3.1.dist-info"
-    info.mkdir()
-    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: 0.3.1\n")
-    (info / "entry_points.txt").write_text(f"[ssodkit]\n{entry_points}\n")
-    monkeypatch.syspath_prepend(str(tmp_path))
+    install_distribution(tmp_path, monkeypatch, dist=dist, version="0.3.1", entry_points=entry_points)
     sys.modules.pop("demo_plugin", None)
-    importlib.invalidate_caches()
 
 
 def test_builtins_are_registered_through_the_hooks(fresh_plugins):
@@ -99,11 +94,30 @@ def test_plugin_that_raises_while_registering_is_named(fresh_plugins, tmp_path):
         get_registry()
 
 
-def test_plugin_that_fails_to_import_is_named(fresh_plugins, tmp_path):
-    install_fake_distribution(tmp_path, fresh_plugins, "import not_a_module_anywhere\n", dist="ssodkit-badimport")
-    fresh_plugins.setenv("SSODKIT_LOAD_PLUGINS", "ssodkit-badimport")
-    with pytest.raises(SsodkitError, match="plugin 'demo' from distribution 'ssodkit-badimport' 0.3.1 failed to load"):
-        get_registry()
+def test_plugin_that_fails_to_import_is_named_and_the_others_still_load(fresh_plugins, tmp_path, capsys):
+    install_fake_distribution(tmp_path / "bad", fresh_plugins, "import not_a_module_anywhere\n", dist="ssodkit-badimport")
+    (tmp_path / "good").mkdir()
+    (tmp_path / "good" / "good_plugin.py").write_text(textwrap.dedent("""
+        from ssodkit.plugins import hookimpl
+
+        @hookimpl
+        def register_detectors(register):
+            register("good_det", object)
+    """))
+    install_distribution(tmp_path / "good", fresh_plugins, dist="ssodkit-good", version="1.0", entry_points="good = good_plugin")
+    fresh_plugins.setenv("SSODKIT_LOAD_PLUGINS", "ssodkit-badimport,ssodkit-good")
+    expected = (
+        "plugin 'demo' from distribution 'ssodkit-badimport' 0.3.1 failed to load: "
+        "ModuleNotFoundError: No module named 'not_a_module_anywhere'"
+    )
+    assert get_plugin_manager().failures == [expected]
+    assert {"good_det", "fcos"} <= set(get_registry().names("detectors"))
+    with pytest.raises(SsodkitError, match=r"unknown detector 'demo_det'; valid: .* Not loaded: plugin 'demo' from distribution 'ssodkit-badimport'"):
+        get_registry().get("detectors", "demo_det")
+    from ssodkit.cli.app import build_app
+
+    build_app()
+    assert capsys.readouterr().err.splitlines() == [f"warning: {expected}"]
 
 
 def test_plugins_command_lists_builtins(fresh_plugins, cli):

@@ -62,7 +62,10 @@ def build_app() -> typer.Typer:
 
     for module_name in BUILTIN_COMMAND_MODULES:
         importlib.import_module(f"ssodkit.cli.{module_name}").register(app)
-    get_plugin_manager().add_commands(app)
+    manager = get_plugin_manager()
+    for failure in manager.failures:  # the other plugins loaded: say which one did not
+        typer.echo(f"warning: {failure}", err=True)
+    manager.add_commands(app)
     return app
 
 

@@ -78,7 +78,10 @@ class MixPL(TeacherStudent):
 
     def check_detector(self, detector: nn.Module) -> None:
         super().check_detector(detector)
-        self.image_mean = list(detector.transform.image_mean)
+        # a generic-tier detector need not have a `transform`: then the ImageNet mean
+        mean = getattr(getattr(detector, "transform", None), "image_mean", None)
+        if mean is not None:
+            self.image_mean = list(mean)
 
     # ------------------------------------------------------------------ cache
     @property

@@ -8,10 +8,11 @@ from ssodkit.plugins.factories import (
     method_class,
     plugin_entries,
 )
-from ssodkit.plugins.hookspecs import hookimpl
+from ssodkit.plugins.hookspecs import Register, hookimpl
 from ssodkit.plugins.manager import get_plugin_manager, get_registry, reset_plugin_manager
 
 __all__ = [
+    "Register",
     "build_detector",
     "build_filter",
     "build_view",

@@ -6,7 +6,8 @@ as plugins of the `ssodkit` distribution, exactly as an entry point's module wou
 llm pattern), so every test exercises the hooks a third-party plugin uses; they are not
 entry points too, so a source tree without installed metadata behaves like an install.
 `SSODKIT_LOAD_PLUGINS` selects external plugins: unset loads all, an empty string loads
-none, otherwise a comma list of distribution or entry-point names.
+none, otherwise a comma list of distribution or entry-point names. An external plugin that
+fails to import is reported in one line and the others still load.
 
 Loading a plugin only imports its module, which must stay light (no torch at import): the
 `ssodkit` app loads every plugin to let it add commands. The registry of detectors,
@@ -59,10 +60,12 @@ class Entry:
 
 
 class Registry:
-    """All registered detectors, methods, filters and views, by kind and name."""
+    """All registered detectors, methods, filters and views, by kind and name; `failures`:
+    the one-line reports of external plugins that failed to import (named by `get`)."""
 
-    def __init__(self) -> None:
+    def __init__(self, failures: tuple[str, ...] = ()) -> None:
         self._entries: dict[str, dict[str, Entry]] = {kind: {} for kind in KINDS}
+        self.failures = failures
 
     def add(self, kind: str, name: str, obj: Any, provider: Provider) -> None:
         existing = self._entries[kind].get(name)
@@ -76,7 +79,10 @@ class Registry:
     def get(self, kind: str, name: str) -> Any:
         entries = self._entries[kind]
         if name not in entries:
-            raise unknown_name(kind[:-1], name, entries)
+            error = unknown_name(kind[:-1], name, entries)
+            if self.failures:  # the name may be one a broken plugin would have registered
+                error = SsodkitError(f"{error} Not loaded: {'; '.join(self.failures)}")
+            raise error
         return entries[name].obj
 
     def names(self, kind: str) -> list[str]:
@@ -107,12 +113,18 @@ def _entry_point_provider(ep: metadata.EntryPoint) -> Provider:
 
 class PluginManager:
     """Loads plugins once and builds the registry on first use; errors name the failing
-    plugin and distribution."""
+    plugin and distribution.
+
+    An external plugin that fails to import is left out and reported in `failures` (one
+    line each; the CLI prints them as warnings), so that one broken package does not take
+    down the others or the built-ins. A built-in that fails to import is a bug: it raises.
+    """
 
     def __init__(self, load_external: set[str] | None = None) -> None:
         self.pm = pluggy.PluginManager("ssodkit")
         self.pm.add_hookspecs(hookspecs)
         self.providers: dict[str, Provider] = {}
+        self.failures: list[str] = []
         for plugin, module_path in BUILTIN_PLUGINS:
             self._load(_builtin_provider(plugin), partial(importlib.import_module, module_path))
         for ep in metadata.entry_points(group="ssodkit"):
@@ -120,7 +132,10 @@ class PluginManager:
             if provider.distribution == BUILTIN_DIST:
                 continue  # an older install's metadata listing the built-ins: loaded above
             if load_external is None or {provider.distribution, ep.name} & load_external:
-                self._load(provider, ep.load)
+                try:
+                    self._load(provider, ep.load)
+                except SsodkitError as exc:
+                    self.failures.append(str(exc))
         self._registry: Registry | None = None
 
     def _load(self, provider: Provider, load: Callable[[], ModuleType]) -> None:
@@ -128,9 +143,10 @@ class PluginManager:
         try:
             module = load()
         except Exception as exc:  # noqa: BLE001 - any import failure is the plugin's
+            detail = " ".join(f"{type(exc).__name__}: {exc}".split())  # one line
             raise SsodkitError(
                 f"plugin '{provider.plugin}' from distribution '{provider.distribution}' "
-                f"{provider.version} failed to load: {type(exc).__name__}: {exc}"
+                f"{provider.version} failed to load: {detail}"
             ) from exc
         if not self.pm.is_registered(module):
             self.pm.register(module, name=provider.plugin)
@@ -144,7 +160,7 @@ class PluginManager:
         return self._registry
 
     def _collect(self) -> Registry:
-        registry = Registry()
+        registry = Registry(tuple(self.failures))
         for kind in KINDS:
             caller = getattr(self.pm.hook, f"register_{kind}")
             for impl in caller.get_hookimpls():
