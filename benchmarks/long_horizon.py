@@ -39,6 +39,8 @@ ROOT = Path(__file__).resolve().parents[1]
 BASE = ROOT / "recipes" / "_base_" / "synthetic_long.yaml"
 RESULTS = ROOT / "benchmarks" / "results" / "long_horizon.json"
 PLOTS = ROOT / "benchmarks" / "results" / "long_horizon"
+ARCHIVE = PLOTS / "runs"  # each finished run's metrics.jsonl, config.yaml, bench_wall.json: the report's input
+ARCHIVED_FILES = ("metrics.jsonl", "config.yaml", "bench_wall.json")
 
 
 @dataclass
@@ -171,10 +173,36 @@ def spread(values: list[float]) -> float:
     return statistics.stdev(values) if len(values) > 1 else 0.0
 
 
-def report(runs_dir: Path) -> dict:
+def run_dirs(runs_dirs: list[Path]) -> list[Path]:
+    """Every run folder of the given folders (a name in a later folder replaces an earlier one's),
+    so that runs of several sessions — the archive and today's runs — report together."""
+    found: dict[str, Path] = {}
+    for runs_dir in runs_dirs:
+        if runs_dir.is_dir():
+            found.update({p.name: p for p in runs_dir.iterdir() if p.is_dir() and (p / "metrics.jsonl").exists()})
+    return [found[name] for name in sorted(found)]
+
+
+def archive(result: dict, dirs: list[Path], out: Path) -> int:
+    """Copy the reported runs' (and their burn-ins') small files into `out`, so that the
+    report can be rebuilt from the repository after the run folders are gone."""
+    names = set(result["runs"]) | {f"burnin-{n.rsplit('-', 2)[-2]}-{n.rsplit('-', 1)[-1]}" for n in result["runs"]}
+    copied = 0
+    for run_dir in run_dirs(dirs):
+        if run_dir.name not in names or run_dir.resolve().parent == out.resolve():
+            continue
+        (out / run_dir.name).mkdir(parents=True, exist_ok=True)
+        for file in ARCHIVED_FILES:
+            if (run_dir / file).exists():
+                shutil.copyfile(run_dir / file, out / run_dir.name / file)
+        copied += 1
+    return copied
+
+
+def report(runs_dirs: list[Path]) -> dict:
     rows: dict[str, dict] = {}
     runs: dict[str, dict] = {}
-    for run_dir in sorted(p for p in runs_dir.iterdir() if p.is_dir() and (p / "metrics.jsonl").exists()):
+    for run_dir in run_dirs(runs_dirs):
         tag, _, seed = run_dir.name.rpartition("-s")
         if run_dir.name.startswith("burnin-") or not seed.isdigit():
             continue
@@ -274,8 +302,12 @@ def main() -> None:
     run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     run.add_argument("--runs-dir", type=Path, default=ROOT / "runs" / "long")
     rep = sub.add_parser("report")
-    rep.add_argument("--runs-dir", type=Path, default=ROOT / "runs" / "long")
+    rep.add_argument(
+        "--runs-dir", type=Path, nargs="+", default=[ARCHIVE, ROOT / "runs" / "long"],
+        help="folders of runs (default: the archive, then runs/long)",
+    )
     rep.add_argument("--results", type=Path, default=RESULTS)
+    rep.add_argument("--archive", type=Path, default=ARCHIVE, help="copy the reported runs' small files here")
     args = parser.parse_args()
     if args.command == "run":
         execute(plan(args), args.runs_dir.resolve(), args.jobs)
@@ -284,6 +316,8 @@ def main() -> None:
     from ssodkit.io import write_json_atomic
 
     result = report(args.runs_dir)
+    copied = archive(result, args.runs_dir, args.archive)
+    print(f"archived {copied} run(s) in {args.archive}", file=sys.stderr)
     result["plots"] = [str(p.relative_to(ROOT)) for p in plot(result, PLOTS)]
     write_json_atomic(args.results, result)
     print(markdown(result))

@@ -4,8 +4,8 @@ the sample grid on and off, interleaved (on, off, on, off, …) so machine noise
     python benchmarks/watch_overhead.py [--iters 40] [--eval-interval 10] [--repeats 2]
 
 Prints and writes `benchmarks/results/watch_overhead.json`: seconds per training step
-(steps only, as the trainer reports it) and wall time of each run; the difference in wall
-time divided by the evaluations is what drawing costs per evaluation. A training step never
+(steps only, as the trainer reports it) and wall time of each run, and the run files of one evaluation (results.csv, summary.json, and with
+figures results.png and the sample grid's inference and drawing) timed on their own. A training step never
 draws (figures are written after an evaluation, on rank 0), so its time must be level.
 """
 
@@ -44,9 +44,15 @@ def one_run(data, runs: Path, name: str, iters: int, interval: int, figures: boo
     start = time.monotonic()
     try:
         summary = trainer.run()
+        wall = time.monotonic() - start
+        writes = []  # what one evaluation's run files cost on their own, three times
+        for _ in range(3):
+            t0 = time.monotonic()
+            trainer._write_run_files(status="running")
+            writes.append(time.monotonic() - t0)
     finally:
         trainer.close()
-    return {"sec_per_iter": summary.sec_per_iter, "wall_s": time.monotonic() - start}
+    return {"sec_per_iter": summary.sec_per_iter, "wall_s": wall, "run_files_s": statistics.median(writes)}
 
 
 def main() -> None:
@@ -74,10 +80,14 @@ def main() -> None:
         **{f"{kind}_median_wall_s": statistics.median(r["wall_s"] for r in rs) for kind, rs in runs.items()},
     }
     result["figure_cost_per_eval_s"] = (result["figures_median_wall_s"] - result["none_median_wall_s"]) / evals
+    for kind, rs in runs.items():  # measured directly: results.csv + summary.json (+ results.png, samples)
+        result[f"{kind}_run_files_s"] = statistics.median(r["run_files_s"] for r in rs)
     OUT.write_text(json.dumps(result, indent=2) + "\n")
     for kind in runs:
         print(f"{kind:8s} {result[f'{kind}_median_sec_per_iter']:.3f} s/step, {result[f'{kind}_median_wall_s']:.1f} s wall")
-    print(f"figures cost {result['figure_cost_per_eval_s']:.2f} s per evaluation ({evals} evaluations); wrote {OUT}")
+    print(f"run files per evaluation, timed alone: {result['figures_run_files_s']:.2f} s with figures, "
+          f"{result['none_run_files_s']:.2f} s without")
+    print(f"wall-time difference per evaluation {result['figure_cost_per_eval_s']:.2f} s ({evals} evaluations); wrote {OUT}")
 
 
 if __name__ == "__main__":

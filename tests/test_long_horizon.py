@@ -59,9 +59,22 @@ def test_report_gives_the_final_teacher_mean_and_sample_spread_and_skips_unfinis
         _fake_run(tmp_path, f"mean_teacher-fcos-s{seed}", 100, [(50, 0.1, 0.1), (100, t - 0.01, t)])
     _fake_run(tmp_path, "mean_teacher-fcos-s3", 100, [(50, 0.5, 0.5)])  # still running
     _fake_run(tmp_path, "burnin-fcos-s0", 100, [(100, 0.2, None)])
-    result = lh.report(tmp_path)
+    result = lh.report([tmp_path])
     row = result["rows"]["mean_teacher-fcos"]
     assert row["seeds"] == 3 and set(result["runs"]) == {f"mean_teacher-fcos-s{s}" for s in range(3)}
     assert row["map"] == pytest.approx(32.0) and row["map_std"] == pytest.approx(statistics.stdev([30, 34, 32]))
     assert row["student_map"] == pytest.approx(31.0)
     assert "| mean_teacher-fcos | 32.0 ± 2.0 | 31.0 ± 2.0 | 3 | 100 |" in lh.markdown(result)
+
+
+def test_archive_keeps_the_reported_runs_small_files_and_reports_the_same(lh, tmp_path):
+    runs, archived = tmp_path / "runs", tmp_path / "archive"
+    _fake_run(runs, "supervised-fcos-s0", 100, [(100, 0.3, None)])
+    _fake_run(runs, "burnin-fcos-s0", 100, [(100, 0.2, None)])
+    _fake_run(runs, "supervised-fcos-s1", 100, [(50, 0.3, None)])  # unfinished: not archived
+    (runs / "supervised-fcos-s0" / "checkpoints").mkdir()
+    result = lh.report([runs])
+    assert lh.archive(result, [runs], archived) == 2
+    assert sorted(p.name for p in archived.iterdir()) == ["burnin-fcos-s0", "supervised-fcos-s0"]
+    assert not (archived / "supervised-fcos-s0" / "checkpoints").exists()
+    assert lh.report([archived]) == result
