@@ -171,7 +171,7 @@ def run_train(options: dict[str, Any], prepare: Callable[[Trainer], None] | None
             )
             results.print(
                 f"look at {summary.run_dir / 'results.csv'}, results.png and samples/ "
-                f"(ssodkit report {summary.run_dir} compares runs)", markup=False,
+                f"(ssodkit report {summary.run_dir} OTHER_RUN overlays another run)", markup=False,
             )
     finally:
         trainer.close()
