@@ -227,7 +227,7 @@ def report(runs_dirs: list[Path]) -> dict:
             "map": statistics.fmean(primary), "map_std": spread(primary),
             "student_map": statistics.fmean(student), "student_map_std": spread(student),
             "per_seed": primary,
-            "wall_min": statistics.fmean([runs[r]["wall_s"] / 60 for r in row["runs"] if runs[r]["wall_s"]] or [0.0]),
+            "wall_min": statistics.fmean(walls) if (walls := [runs[r]["wall_s"] / 60 for r in row["runs"] if runs[r]["wall_s"]]) else None,
         })
     result = {"protocol": "benchmarks/long_horizon.py", "rows": rows, "runs": runs}
     return result
@@ -240,9 +240,10 @@ def markdown(result: dict) -> str:
     ]
     for tag, row in sorted(result["rows"].items()):
         teacher = f"{row['map']:.1f} ± {row['map_std']:.1f}" if not tag.startswith("supervised") else "—"
+        wall = "—" if row["wall_min"] is None else f"{row['wall_min']:.0f} min"
         lines.append(
             f"| {tag} | {teacher} | {row['student_map']:.1f} ± {row['student_map_std']:.1f} | "
-            f"{row['seeds']} | {row['iters']} | {row['wall_min']:.0f} min |"
+            f"{row['seeds']} | {row['iters']} | {wall} |"
         )
     return "\n".join(lines)
 
