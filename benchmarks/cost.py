@@ -114,13 +114,14 @@ def rotations(kinds: list[str], repeats: int) -> Iterator[list[str]]:
 
 def format_table(steps: dict[str, dict[str, Any]]) -> str:
     """The table of ratios, one pair a row; `!` marks a ratio above its target."""
-    head = f"{'pair':<30} {'s/it':>7} {'sup s/it':>8} {'ratio':>6} {'floor':>6} {'target':>6} {'peak MB':>8}"
+    head = f"{'pair':<30} {'s/it':>7} {'sup s/it':>8} {'ratio':>6} {'floor':>6} {'target':>6} {'peak MB':>8} {'pl/img':>6}"
     lines = [head, "-" * len(head)]
     for pair, e in steps.items():
         mark = " !" if e["above_target"] else ""
+        pl = f"{e['pseudo_per_image']:.1f}" if "pseudo_per_image" in e else "-"
         lines.append(
             f"{pair:<30} {e['sec_per_iter']:>7.3f} {e['supervised_sec_per_iter']:>8.3f} {e['ratio']:>5.2f}× "
-            f"{e['floor_ratio']:>5.2f}× {e['target']:>5.1f}× {e['peak_mem_mb']:>8.0f}{mark}"
+            f"{e['floor_ratio']:>5.2f}× {e['target']:>5.1f}× {e['peak_mem_mb']:>8.0f} {pl:>6}{mark}"
         )
     above = [p for p, e in steps.items() if e["above_target"]]
     lines.append(f"above target (!): {', '.join(above) if above else 'none'}")
@@ -212,6 +213,15 @@ def cost_flags(method: str, detector: str, data: Any, runs: Path, args: argparse
     if method != "supervised":
         key = next(k for k in flags if k.endswith(".burn_in"))
         flags[key] = 0
+        # From random init a teacher's scores sit at the heads' priors (0.01): a threshold
+        # keeps nothing on one detector and everything on another, and an empty pseudo-label
+        # batch skips the student's unlabeled forward. The teacher's top `pseudo_boxes`
+        # boxes per image, whatever their score, give every pair the same load.
+        flags["detector.score_thresh"] = 0.0
+        flags["detector.detections_per_img"] = args.pseudo_boxes
+        for k in ("method.score_thr", "method.rpn_pseudo_thr", "method.cls_pseudo_thr"):
+            if k in flags:
+                flags[k] = 0.0
     else:
         flags["train.batch_size"] = args.labeled + args.unlabeled
     return flags
@@ -360,6 +370,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--backbone", default="resnet18")
     parser.add_argument("--short-side", type=int, nargs="+", default=[96, 128], help="views.train_short_side")
     parser.add_argument("--max-size", type=int, default=160, help="views.max_size")
+    parser.add_argument("--pseudo-boxes", type=int, default=8,
+                        help="the teacher's top boxes per image kept as pseudo-labels (score threshold 0)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1: steadier on a shared machine)")
     parser.add_argument("--skip-steps", action="store_true")
@@ -389,7 +401,7 @@ def main(argv: list[str] | None = None) -> int:
             "cpu_count": os.cpu_count(), "torch_threads": args.threads, "torch": torch.__version__,
             "python": platform.python_version(), "backbone": args.backbone, "short_side": args.short_side,
             "max_size": args.max_size, "labeled": args.labeled, "unlabeled": args.unlabeled,
-            "warmup": args.warmup, "repeats": args.repeats,
+            "warmup": args.warmup, "repeats": args.repeats, "pseudo_boxes": args.pseudo_boxes,
             "memory": PeakMemory(torch.device(args.device)).how,
             "load_average_at_start": os.getloadavg(),
         },
