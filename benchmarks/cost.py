@@ -331,7 +331,6 @@ def measure_pair(
 def run_steps(args: argparse.Namespace, tmp: Path) -> dict[str, dict[str, Any]]:
     from benchmarks.trace import PAIRS, make_data
 
-    torch.set_num_threads(args.threads)
     data = make_data(tmp)
     runs = tmp / "runs"
     memory = PeakMemory(torch.device(args.device))
@@ -380,7 +379,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--eval-images", type=int, default=5000)
     parser.add_argument("--eval-dets", type=int, default=100, help="detections per image in the results file")
     parser.add_argument("--eval-repeats", type=int, default=3)
-    parser.add_argument("--pl-images", type=int, default=64, help="images pseudo-labelled")
+    parser.add_argument("--pl-images", type=int, default=128, help="images pseudo-labelled")
     parser.add_argument("--pl-repeats", type=int, default=3)
     parser.add_argument("--out", type=Path, default=OUT)
     return parser.parse_args(argv)
@@ -394,6 +393,7 @@ def device_name(device: str) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    torch.set_num_threads(args.threads)
     result: dict[str, Any] = {
         "device": device_name(args.device),
         "setup": {
