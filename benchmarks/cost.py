@@ -367,7 +367,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--repeats", type=int, default=5, help="timed steps of each kind")
     parser.add_argument("--batches", type=int, default=4, help="batches drawn before timing and cycled")
     parser.add_argument("--backbone", default="resnet18")
-    parser.add_argument("--short-side", type=int, nargs="+", default=[96, 128], help="views.train_short_side")
+    parser.add_argument("--short-side", type=int, nargs=2, default=[96, 128], help="views.train_short_side: min and max")
     parser.add_argument("--max-size", type=int, default=160, help="views.max_size")
     parser.add_argument("--pseudo-boxes", type=int, default=8,
                         help="the teacher's top boxes per image kept as pseudo-labels (score threshold 0)")
