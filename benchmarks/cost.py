@@ -222,6 +222,10 @@ def cost_flags(method: str, detector: str, data: Any, runs: Path, args: argparse
         for k in ("method.score_thr", "method.rpn_pseudo_thr", "method.cls_pseudo_thr"):
             if k in flags:
                 flags[k] = 0.0
+    if method == "mixpl":
+        # Mosaic tiles in the recipes' proportion to the images (synthetic 96–192 for short
+        # sides up to 208, COCO 400–800 for 800): half to all of the largest short side.
+        flags["method.mosaic_size"] = [args.short_side[1] // 2, args.short_side[1]]
     else:
         flags["train.batch_size"] = args.labeled + args.unlabeled
     return flags
