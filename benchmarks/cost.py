@@ -114,14 +114,17 @@ def rotations(kinds: list[str], repeats: int) -> Iterator[list[str]]:
 
 def format_table(steps: dict[str, dict[str, Any]]) -> str:
     """The table of ratios, one pair a row; `!` marks a ratio above its target."""
-    head = f"{'pair':<30} {'s/it':>7} {'sup s/it':>8} {'ratio':>6} {'floor':>6} {'target':>6} {'peak MB':>8} {'pl/img':>6}"
+    head = (f"{'pair':<30} {'s/it':>7} {'sup s/it':>8} {'ratio':>6} {'floor':>6} {'target':>6} {'peak MB':>8} "
+            f"{'step MB':>7} {'sup MB':>6} {'pl/img':>6}")
     lines = [head, "-" * len(head)]
     for pair, e in steps.items():
         mark = " !" if e["above_target"] else ""
-        pl = f"{e['pseudo_per_image']:.1f}" if "pseudo_per_image" in e else "-"
+        pl_key = next((k for k in ("pseudo_per_image", "mixup_pseudo_per_image", "plain_pseudo_per_image") if k in e), None)
+        pl = f"{e[pl_key]:.1f}" if pl_key else "-"
         lines.append(
             f"{pair:<30} {e['sec_per_iter']:>7.3f} {e['supervised_sec_per_iter']:>8.3f} {e['ratio']:>5.2f}× "
-            f"{e['floor_ratio']:>5.2f}× {e['target']:>5.1f}× {e['peak_mem_mb']:>8.0f} {pl:>6}{mark}"
+            f"{e['floor_ratio']:>5.2f}× {e['target']:>5.1f}× {e['peak_mem_mb']:>8.0f} "
+            f"{e.get('step_mem_mb', math.nan):>7.0f} {e.get('supervised_step_mem_mb', math.nan):>6.0f} {pl:>6}{mark}"
         )
     above = [p for p, e in steps.items() if e["above_target"]]
     lines.append(f"above target (!): {', '.join(above) if above else 'none'}")
@@ -162,21 +165,31 @@ class PeakMemory:
                 pass
 
     @contextmanager
-    def measure(self, into: list[float]) -> Iterator[None]:
+    def measure(self, into: list[float], growth: list[float] | None = None) -> Iterator[None]:
+        """Append the block's peak (MB) to `into` and, to `growth`, how far above the memory
+        in use when it started that peak was (what the step itself needs, the process's
+        other models and allocator caches left out)."""
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
             torch.cuda.reset_peak_memory_stats(self.device)
+            before = torch.cuda.memory_allocated(self.device) / 2**20
         elif self.resettable:
             with open("/proc/self/clear_refs", "w") as f:
                 f.write("5")
+            before = proc_status_mb("VmRSS")
+        else:
+            before = math.nan
         yield
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
-            into.append(torch.cuda.max_memory_allocated(self.device) / 2**20)
+            peak = torch.cuda.max_memory_allocated(self.device) / 2**20
         elif self.resettable:
-            into.append(vm_hwm_mb())
+            peak = proc_status_mb("VmHWM")
         else:
-            into.append(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+            peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        into.append(peak)
+        if growth is not None:
+            growth.append(peak - before)
 
     @property
     def how(self) -> str:
@@ -185,10 +198,11 @@ class PeakMemory:
         return "process peak RSS (VmHWM, reset per step)" if self.resettable else "ru_maxrss (never reset)"
 
 
-def vm_hwm_mb() -> float:
+def proc_status_mb(key: str) -> float:
+    """`VmHWM` (peak RSS since the last reset) or `VmRSS` of this process, in MB."""
     with open("/proc/self/status") as f:
         for line in f:
-            if line.startswith("VmHWM:"):
+            if line.startswith(key + ":"):
                 return int(line.split()[1]) / 1024
     return math.nan
 
@@ -222,12 +236,12 @@ def cost_flags(method: str, detector: str, data: Any, runs: Path, args: argparse
         for k in ("method.score_thr", "method.rpn_pseudo_thr", "method.cls_pseudo_thr"):
             if k in flags:
                 flags[k] = 0.0
+    else:
+        flags["train.batch_size"] = args.labeled + args.unlabeled
     if method == "mixpl":
         # Mosaic tiles in the recipes' proportion to the images (synthetic 96–192 for short
         # sides up to 208, COCO 400–800 for 800): half to all of the largest short side.
         flags["method.mosaic_size"] = [args.short_side[1] // 2, args.short_side[1]]
-    else:
-        flags["train.batch_size"] = args.labeled + args.unlabeled
     return flags
 
 
@@ -314,20 +328,23 @@ def measure_pair(
     runs_of: dict[str, Callable[[], Any]] = {"method": stepper.step, "supervised": sup.step, "floor": floor.step}
     times: dict[str, list[float]] = {k: [] for k in runs_of}
     mems: dict[str, list[float]] = {k: [] for k in runs_of}
+    growth: dict[str, list[float]] = {k: [] for k in runs_of}
     stats: dict[str, list[float]] = {}
     for _ in range(args.warmup):
         for kind in runs_of:
             runs_of[kind]()
     for order in rotations(list(runs_of), args.repeats):
         for kind in order:
-            with memory.measure(mems[kind]):
+            with memory.measure(mems[kind], growth[kind]):
                 times[kind].append(time_call(runs_of[kind], device))
             if kind == "method":
-                for key in ("pseudo_per_image", "teacher_fg_cells"):
-                    if key in stepper.trainer.method.stats:
-                        stats.setdefault(key, []).append(float(stepper.trainer.method.stats[key]))
+                for key, value in stepper.trainer.method.stats.items():
+                    if key.endswith("pseudo_per_image") or key == "teacher_fg_cells":
+                        stats.setdefault(key, []).append(float(value))
     stepper.trainer.close()
-    extra = {key: median(v) for key, v in stats.items()}
+    extra: dict[str, Any] = {key: median(v) for key, v in stats.items()}
+    for kind, values in growth.items():
+        extra[f"{'' if kind == 'method' else kind + '_'}step_mem_mb"] = max(values) if values else math.nan
     extra["images_per_step"] = {"labeled": args.labeled, "unlabeled": args.unlabeled}
     return pair_entry(method, times, mems, extra)
 

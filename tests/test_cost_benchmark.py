@@ -96,6 +96,21 @@ def test_peak_memory_measures_a_block() -> None:
     assert len(into) == 1 and into[0] > 0 and not math.isnan(into[0])
 
 
+def test_flags_give_each_step_its_images(tmp_path: Path) -> None:
+    """The method steps n_l labeled + n_u unlabeled images, supervised n_l + n_u labeled."""
+    from types import SimpleNamespace
+
+    data = SimpleNamespace(train=tmp_path / "t.json", images=tmp_path, unlabeled=tmp_path / "u.json")
+    args = cost.parse_args(["--labeled", "1", "--unlabeled", "4"])
+    sup = cost.cost_flags("supervised", "fcos", data, tmp_path, args)
+    assert sup["train.batch_size"] == 5
+    for method in ("mean_teacher", "unbiased_teacher", "mixpl", "sed"):
+        flags = cost.cost_flags(method, "fcos", data, tmp_path, args)
+        assert (flags["train.batch_size"], flags["train.unlabeled_batch_size"]) == (1, 4), method
+        assert flags["teacher.burn_in"] == 0
+    assert cost.cost_flags("mixpl", "fcos", data, tmp_path, args)["method.mosaic_size"] == [64, 128]
+
+
 def test_one_tiny_pair_end_to_end(tmp_path: Path) -> None:
     """Mean Teacher on FCOS with a 64 px ResNet-18, one timed repeat: the record is complete."""
     import torch
