@@ -19,7 +19,11 @@ After `--warmup` steps of each, `--repeats` steps of each are timed; the medians
 `ratio` (method / supervised) and `floor_ratio` (floor / supervised). Peak memory of each
 step: the process's peak RSS during it on CPU (`VmHWM`, reset before each step through
 `/proc/self/clear_refs`; `ru_maxrss` where that is not possible, which never goes down), or
-`torch.cuda.max_memory_allocated` on CUDA.
+`torch.cuda.max_memory_allocated` on CUDA. On CPU that peak is the whole process's (the
+models of the pairs measured before included), so it tells little about one method against
+another; `step_mem_mb` (peak minus the RSS at the step's start) is a lower bound, often near
+0, because the allocator reuses the pages that earlier steps freed. The CUDA figures are
+per step.
 
 **Evaluate** (`--skip-evaluate` leaves it out): a synthetic ground truth and a results file
 (`--eval-images` × `--eval-dets`) are written to a temporary folder; `ssodkit evaluate
@@ -115,7 +119,7 @@ def rotations(kinds: list[str], repeats: int) -> Iterator[list[str]]:
 def format_table(steps: dict[str, dict[str, Any]]) -> str:
     """The table of ratios, one pair a row; `!` marks a ratio above its target."""
     head = (f"{'pair':<30} {'s/it':>7} {'sup s/it':>8} {'ratio':>6} {'floor':>6} {'target':>6} {'peak MB':>8} "
-            f"{'step MB':>7} {'sup MB':>6} {'pl/img':>6}")
+            f"{'pl/img':>6}")
     lines = [head, "-" * len(head)]
     for pair, e in steps.items():
         mark = " !" if e["above_target"] else ""
@@ -123,8 +127,7 @@ def format_table(steps: dict[str, dict[str, Any]]) -> str:
         pl = f"{e[pl_key]:.1f}" if pl_key else "-"
         lines.append(
             f"{pair:<30} {e['sec_per_iter']:>7.3f} {e['supervised_sec_per_iter']:>8.3f} {e['ratio']:>5.2f}× "
-            f"{e['floor_ratio']:>5.2f}× {e['target']:>5.1f}× {e['peak_mem_mb']:>8.0f} "
-            f"{e.get('step_mem_mb', math.nan):>7.0f} {e.get('supervised_step_mem_mb', math.nan):>6.0f} {pl:>6}{mark}"
+            f"{e['floor_ratio']:>5.2f}× {e['target']:>5.1f}× {e['peak_mem_mb']:>8.0f} {pl:>6}{mark}"
         )
     above = [p for p, e in steps.items() if e["above_target"]]
     lines.append(f"above target (!): {', '.join(above) if above else 'none'}")
