@@ -61,7 +61,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-import torch  # noqa: E402
+import torch
 
 OUT = ROOT / "benchmarks" / "results" / "cost.json"
 
@@ -334,8 +334,8 @@ def measure_pair(
     growth: dict[str, list[float]] = {k: [] for k in runs_of}
     stats: dict[str, list[float]] = {}
     for _ in range(args.warmup):
-        for kind in runs_of:
-            runs_of[kind]()
+        for run in runs_of.values():
+            run()
     for order in rotations(list(runs_of), args.repeats):
         for kind in order:
             with memory.measure(mems[kind], growth[kind]):

@@ -19,7 +19,7 @@ import json
 import sys
 import tempfile
 from collections.abc import Callable
-from contextlib import ExitStack, contextmanager
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -27,10 +27,10 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-import torch  # noqa: E402
-from torch.profiler import ProfilerActivity, profile, record_function  # noqa: E402
+import torch
+from torch.profiler import ProfilerActivity, profile, record_function
 
-from benchmarks import cost  # noqa: E402
+from benchmarks import cost
 
 OUT = ROOT / "benchmarks" / "results" / "cost_profile.json"
 PARTS = ("step", "floor", "forward", "teacher", "optimizer", "ema")
@@ -159,7 +159,7 @@ def main() -> int:
                 for _ in range(2):
                     fn()
                 if kind == "floor":  # the floor's teacher call is outside the trainer: label it here
-                    entry[kind] = profile_steps(lambda: _labelled_floor(floor), own.steps)
+                    entry[kind] = profile_steps(functools.partial(_labelled_floor, floor), own.steps)
                 else:
                     entry[kind] = profile_steps(fn, own.steps)
             stepper.trainer.close()

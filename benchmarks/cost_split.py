@@ -22,9 +22,9 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-import torch  # noqa: E402
+import torch
 
-from benchmarks import cost  # noqa: E402
+from benchmarks import cost
 
 OUT = ROOT / "benchmarks" / "results" / "cost_split.json"
 SPLITS = {"1 call (5)": [5], "2 calls (1 + 4)": [1, 4], "3 calls (1 + 2 + 2)": [1, 2, 2]}

@@ -14,8 +14,8 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from benchmarks import cost  # noqa: E402
-from benchmarks.cost_evaluate import compare_stats, ssodkit_stats  # noqa: E402
+from benchmarks import cost
+from benchmarks.cost_evaluate import compare_stats, ssodkit_stats
 
 
 def made_up(method: float, sup: float, floor: float, n: int = 3) -> dict[str, list[float]]:

@@ -7,7 +7,13 @@ from pathlib import Path
 
 import pytest
 
-from ssodkit.data.coco import CocoResult, _check_result, _plain_results, load_coco, load_results
+from ssodkit.data.coco import (
+    CocoResult,
+    _check_result,
+    _plain_results,
+    load_coco,
+    load_results,
+)
 from ssodkit.errors import DataError
 
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 import itertools
 import json
 import logging
-import math
 import os
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Sequence
