@@ -404,7 +404,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--eval-dets", type=int, default=100, help="detections per image in the results file")
     parser.add_argument("--eval-repeats", type=int, default=3)
     parser.add_argument("--pl-images", type=int, default=128, help="images pseudo-labelled")
-    parser.add_argument("--pl-repeats", type=int, default=3)
+    parser.add_argument("--pl-repeats", type=int, default=5)
     parser.add_argument("--out", type=Path, default=OUT)
     return parser.parse_args(argv)
 
