@@ -61,7 +61,7 @@ METHOD_OVERRIDES: dict[str, dict[str, Any]] = {
 }
 BURN_IN = 5
 # Counters a run logs beside its loss terms, not part of the trace (added over time).
-BOOKKEEPING = {"unreadable_images"}
+BOOKKEEPING = {"unreadable_images", "wall_s"}
 
 
 def teacher_keys() -> dict[str, Any]:
