@@ -78,10 +78,8 @@ def make_data(root: Path) -> Any:
     return generate_synthetic(root / "data", seed=3, n_train=12, n_val=4, n_unlabeled=12)
 
 
-def trace_pair(method: str, detector: str, iters: int, data: Any, runs_dir: Path) -> list[dict[str, float]]:
-    from ssodkit.config import build_config
-    from ssodkit.engine.trainer import Trainer
-
+def pair_flags(method: str, detector: str, iters: int, data: Any, runs_dir: Path) -> dict[str, Any]:
+    """The config flags of one pair's trace run (benchmarks/cost.py builds its pairs from them)."""
     flags = {
         **COMMON,
         "method.name": method,
@@ -97,6 +95,14 @@ def trace_pair(method: str, detector: str, iters: int, data: Any, runs_dir: Path
     }
     if method != "supervised":
         flags.update(teacher_keys())
+    return flags
+
+
+def trace_pair(method: str, detector: str, iters: int, data: Any, runs_dir: Path) -> list[dict[str, float]]:
+    from ssodkit.config import build_config
+    from ssodkit.engine.trainer import Trainer
+
+    flags = pair_flags(method, detector, iters, data, runs_dir)
     torch.manual_seed(0)
     trainer = Trainer(build_config(None, flags, []))
     try:

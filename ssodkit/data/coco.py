@@ -9,6 +9,7 @@ Input files are only ever read.
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import os
@@ -623,8 +624,11 @@ def load_results(path: str | os.PathLike[str], gt: CocoDataset) -> list[dict[str
     raw = read_json(path)
     if not isinstance(raw, list):
         raise DataError(f"{path}: a results file must be a JSON list, got {_json_type(raw)}")
-    v = _Validator(path)
     image_ids, cat_ids = set(gt.image_ids), set(gt.cat_ids)
+    fast = _plain_results(raw, image_ids, cat_ids)
+    if fast is not None:
+        return fast
+    v = _Validator(path)
     results = []
     for index, entry in enumerate(raw):
         checked = _check_result(entry, image_ids, cat_ids, gt)
@@ -635,6 +639,61 @@ def load_results(path: str | os.PathLike[str], gt: CocoDataset) -> list[dict[str
     if v.defects:
         raise v.error("")
     return results
+
+
+_RESULT_KEYS = ("image_id", "category_id", "bbox", "score")
+
+
+def _plain_results(raw: list[Any], image_ids: set[int], cat_ids: set[int]) -> list[dict[str, Any]] | None:
+    """`load_results`' output without a model per entry, when every entry is a plain valid
+    detection (the common case: field by field in C loops, 500,000 entries in well under a
+    second instead of four); None when any entry is not, and the careful loop then names
+    every defect. Accepts exactly what `_check_result` accepts and returns what
+    `CocoResult.model_dump()` does: ints, never bools, for the ids; finite ints or floats,
+    as floats, for the box and score; extra keys kept after the four."""
+    if not raw:
+        return []
+    if set(map(type, raw)) != {dict}:
+        return None
+    try:
+        image_id = [e["image_id"] for e in raw]
+        cat_id = [e["category_id"] for e in raw]
+        bbox = [e["bbox"] for e in raw]
+        score = [e["score"] for e in raw]
+    except KeyError:
+        return None
+    if (
+        set(map(type, image_id)) != {int} or set(map(type, cat_id)) != {int}
+        or not set(image_id) <= image_ids or not set(cat_id) <= cat_ids
+        or set(map(type, bbox)) != {list} or set(map(len, bbox)) != {4}
+    ):
+        return None
+    flat = list(itertools.chain.from_iterable(bbox))
+    number_types = set(map(type, flat)) | set(map(type, score))
+    if not number_types <= _NUMBER_TYPES:
+        return None
+    try:
+        boxes = np.array(flat, dtype=np.float64).reshape(-1, 4)
+        scores = np.array(score, dtype=np.float64)
+    except OverflowError:  # an int too large for a float: the careful loop says so
+        return None
+    if not (np.isfinite(boxes).all() and np.isfinite(scores).all()):
+        return None
+    if (boxes[:, 2:] < 0).any() or (scores < 0).any() or (scores > 1).any():
+        return None
+    keys = _RESULT_KEYS
+    plain = set(map(len, raw)) == {4}
+    if plain and number_types == {float}:
+        return raw  # already what model_dump() gives (dicts compare equal in any key order)
+    if plain:
+        return [dict(zip(keys, r)) for r in zip(image_id, cat_id, boxes.tolist(), scores.tolist())]
+    return [
+        {**dict(zip(keys, r)), **{k: v for k, v in e.items() if k not in keys}}
+        for r, e in zip(zip(image_id, cat_id, boxes.tolist(), scores.tolist()), raw)
+    ]
+
+
+_NUMBER_TYPES = {int, float}  # exact types: bool (an int subclass) is refused, as Strict() does
 
 
 def _check_result(

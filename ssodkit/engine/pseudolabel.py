@@ -156,6 +156,8 @@ def pseudolabel(
     are skipped and listed, never fatal. Raises `SsodkitError` (one line) for bad options,
     a missing checkpoint or a missing images path.
     """
+    import torch
+
     from ssodkit.data.coco import load_unlabeled
     from ssodkit.data.datasets import EvalDataset
     from ssodkit.engine.predict import iter_predictions
@@ -193,15 +195,19 @@ def pseudolabel(
 
     entries: list[dict[str, Any]] = []
     done: list[int] = []
-    for sample, det in iter_predictions(
-        model, dataset, batch_size=batch_size, device=dev, num_workers=num_workers,
-        progress=progress, on_error=on_error,
-    ):
-        keep = above_threshold(det.scores, score_thr)
-        entries.extend(
-            detections_to_results(sample["image_id"], det.boxes[keep], det.scores[keep], det.labels[keep], cat_ids)
-        )
-        done.append(sample["image_id"])
+    # inference_mode, not only no_grad: no version counters or view tracking on any tensor
+    # (a few % on CPU against a bare loop). Safe here: the model is this call's own, so no
+    # inference tensor it caches can reach a later training step.
+    with torch.inference_mode():
+        for sample, det in iter_predictions(
+            model, dataset, batch_size=batch_size, device=dev, num_workers=num_workers,
+            progress=progress, on_error=on_error,
+        ):
+            keep = above_threshold(det.scores, score_thr)
+            entries.extend(
+                detections_to_results(sample["image_id"], det.boxes[keep], det.scores[keep], det.labels[keep], cat_ids)
+            )
+            done.append(sample["image_id"])
 
     predicted = set(done)
     image_records = [

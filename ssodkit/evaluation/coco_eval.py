@@ -184,11 +184,14 @@ def _build_coco(backend: str, dataset: dict[str, Any]) -> Any:
 
 def _results_coco(backend: str, gt_coco: Any, gt: dict[str, Any], results: Sequence[Mapping]) -> Any:
     """Detections as a COCO object; `loadRes` asserts on an empty list, so build that by hand."""
-    if not results:
-        empty = {"images": gt["images"], "categories": gt["categories"], "annotations": []}
-        return _build_coco(backend, empty)
-    # loadRes writes id/area/iscrowd/segmentation into each entry: give it copies.
-    return gt_coco.loadRes([dict(r) for r in results])
+    # What `loadRes` makes of a bbox results list (`id` 1..N in order, `area` w·h, `iscrowd`
+    # 0), built here in one pass on copies: loadRes also writes a polygon per detection,
+    # which box evaluation never reads and which took most of its time (1.7 s of 500,000).
+    annotations = [
+        {**r, "area": r["bbox"][2] * r["bbox"][3], "id": i, "iscrowd": 0} for i, r in enumerate(results, start=1)
+    ]
+    dataset = {"images": gt["images"], "categories": gt["categories"], "annotations": annotations}
+    return _build_coco(backend, dataset)
 
 
 def _run_cocoeval(
