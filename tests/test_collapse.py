@@ -139,12 +139,12 @@ def test_the_troubleshooting_page_states_every_threshold():
 
 
 # ------------------------------------------------------------------ integration: real runs
-BURN_IN, LOG, ITERS, FADE_AT = 10, 5, 45, 30
+BURN_IN, LOG, ITERS, FADE_AT = 4, 2, 20, 12
 
 
 @pytest.fixture
 def mean_teacher(tiny_config):
-    """A tiny Mean Teacher run in-process: 10 burn-in iterations, a train record every 5."""
+    """A tiny Mean Teacher run in-process: BURN_IN burn-in iterations, a train record every LOG."""
     from ssodkit.engine.metrics import read_metrics
     from ssodkit.engine.trainer import Trainer
 
