@@ -123,12 +123,12 @@ def load_run(path: Path, name: str | None = None) -> RunReport:
     """Read a run folder and rewrite its `results.csv` from `metrics.jsonl`."""
     check_run_dir(path)
     records = read_records(path / "metrics.jsonl")
-    write_results_csv(path, records)
     iters = [r["iter"] for r in records if isinstance(r.get("iter"), int)]
     walls = [r["wall_s"] for r in records if r.get("type") == "train" and r.get("wall_s") is not None]
     summary = _read_optional(path / "summary.json", json.loads)
     wall = summary.get("wall_s") if summary else None
     rows = results_rows(records)
+    write_results_csv(path, rows)
     return RunReport(
         name=name or path.name,
         path=path,

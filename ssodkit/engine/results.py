@@ -18,7 +18,6 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from ssodkit.engine.metrics import read_metrics
 from ssodkit.io import write_text_atomic
 
 RESULTS_CSV = "results.csv"
@@ -126,12 +125,9 @@ def _cell(value: Any) -> Any:
     return value
 
 
-def write_results_csv(run_dir: Path, records: Iterable[Mapping[str, Any]] | None = None) -> Path:
-    """(Re)write `run_dir/results.csv` from `records` (default: the run's `metrics.jsonl`)."""
-    if records is None:
-        metrics = run_dir / "metrics.jsonl"
-        records = read_metrics(metrics) if metrics.exists() else []
-    rows = results_rows(records)
+def write_results_csv(run_dir: Path, rows: Sequence[Mapping[str, Any]]) -> Path:
+    """(Re)write `run_dir/results.csv` from `results_rows(records)` (computed once by the
+    caller, which also plots them)."""
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=columns(rows), lineterminator="\n")
     writer.writeheader()

@@ -43,7 +43,7 @@ from ssodkit.engine.metrics import MetricsLog, read_metrics
 from ssodkit.engine.predict import autocast_context, evaluate_model
 from ssodkit.engine.probe import LabeledProbe, spread
 from ssodkit.engine.progress import TrainProgress
-from ssodkit.engine.results import write_results_csv
+from ssodkit.engine.results import results_rows, write_results_csv
 from ssodkit.engine.runtime import (
     build_model,
     initial_weights,
@@ -560,15 +560,15 @@ class Trainer:
             return {}
         metrics_path = self.run_dir / "metrics.jsonl"
         records = read_metrics(metrics_path) if metrics_path.exists() else []
-        write_results_csv(self.run_dir, records)
+        rows = results_rows(records)
+        write_results_csv(self.run_dir, rows)
         if status == "running":
             try:
                 self._write_samples()
                 if self.cfg.output.plots:
-                    from ssodkit.engine.results import results_rows
                     from ssodkit.plots import plot_results
 
-                    plot_results(results_rows(records), self.run_dir / "results.png", title=self.run_dir.name)
+                    plot_results(rows, self.run_dir / "results.png", title=self.run_dir.name)
             except Exception as exc:  # noqa: BLE001 - a figure is not worth a run
                 self._progress.print(f"[yellow]could not draw the run's figures: {ckpt.readable_reason(exc)}")
         summary = build_summary(
