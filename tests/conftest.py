@@ -61,6 +61,10 @@ TINY_FLAGS = {
     "schedule.warmup_iters": 1,
     "eval.interval": 1000,
     "eval.batch_size": 4,
+    # results.png and the sample grid cost seconds per evaluation (matplotlib, JPEG): only the
+    # tests of those files draw them
+    "output.plots": False,
+    "output.samples": 0,
 }
 
 

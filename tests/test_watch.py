@@ -45,7 +45,7 @@ def test_a_two_evaluation_run_leaves_results_csv_png_samples_and_summary(cli, ti
         "train", "--method", "mean_teacher", *data_args(tiny_data),
         "--unlabeled", str(tiny_data.unlabeled), "--set", f"data.unlabeled_images={tiny_data.images}",
         "--runs-dir", str(tmp_path), "--name", "mt",
-        *tiny_set_args(**{"schedule.iters": 4, "eval.interval": 2, "eval.probe_images": 2, "output.samples": 2,
+        *tiny_set_args(**{"schedule.iters": 4, "eval.interval": 2, "eval.probe_images": 2, "output.samples": 2, "output.plots": "true",
                           "train.log_interval": 1, "teacher.burn_in": 1, "train.unlabeled_batch_size": 2}),
     ]
     result = cli(*args)
