@@ -21,8 +21,9 @@ from typing import Any
 
 import yaml
 
+from ssodkit.engine.metrics import read_metrics
 from ssodkit.engine.results import results_rows, write_results_csv
-from ssodkit.errors import DataError, SsodkitError
+from ssodkit.errors import SsodkitError
 from ssodkit.io import write_text_atomic
 
 RESULTS_PNG = "results.png"
@@ -79,25 +80,6 @@ def check_run_dir(path: Path) -> None:
         raise SsodkitError(f"{path}: not a run folder (no metrics.jsonl)")
 
 
-def read_records(metrics: Path) -> list[dict[str, Any]]:
-    """`metrics.jsonl`'s records; a last line cut short (training is appending) is skipped,
-    a malformed line elsewhere is an error naming it."""
-    lines = metrics.read_text(encoding="utf-8").splitlines()
-    records = []
-    for number, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            if number == len(lines):
-                continue
-            raise DataError(f"{metrics}: line {number} is not a JSON record") from None
-        if isinstance(record, dict):
-            records.append(record)
-    return records
-
-
 def _read_optional(path: Path, parse: Any) -> dict[str, Any] | None:
     """A mapping from an optional file; None when absent or unreadable (a report must not fail
     on a summary a crashed run left half-written)."""
@@ -122,7 +104,7 @@ def best_by_role(rows: Sequence[Mapping[str, Any]]) -> dict[str, Best]:
 def load_run(path: Path, name: str | None = None) -> RunReport:
     """Read a run folder and rewrite its `results.csv` from `metrics.jsonl`."""
     check_run_dir(path)
-    records = read_records(path / "metrics.jsonl")
+    records = read_metrics(path / "metrics.jsonl")
     iters = [r["iter"] for r in records if isinstance(r.get("iter"), int)]
     walls = [r["wall_s"] for r in records if r.get("type") == "train" and r.get("wall_s") is not None]
     summary = _read_optional(path / "summary.json", json.loads)

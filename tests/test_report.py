@@ -7,10 +7,13 @@ import json
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 
-from ssodkit.report import config_differences, flatten, load_run
+from ssodkit.engine.metrics import read_metrics
+from ssodkit.errors import DataError
 from ssodkit.plots import plot_results, plot_runs_overlay
+from ssodkit.report import config_differences, flatten, load_run
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -158,3 +161,14 @@ def test_half_written_last_line_is_skipped(cli, tmp_path):
     result = cli("report", run)
     assert result.exit_code == 0, result.output
     assert len((run / "results.csv").read_text().splitlines()) == 4
+
+
+def test_metrics_reader_skips_a_last_line_cut_short_and_names_a_malformed_one(tmp_path):
+    """A run still appending (or killed mid-write) leaves a partial last line: reports and
+    resumes read the rest; a broken line in the middle is corruption, named with its number."""
+    path = tmp_path / "metrics.jsonl"
+    path.write_text('{"type": "train", "iter": 1}\n\n{"type": "eval", "iter": 2}\n{"type": "tra')
+    assert [r["iter"] for r in read_metrics(path)] == [1, 2]
+    path.write_text('{"type": "train", "iter": 1}\nnot json\n{"type": "eval", "iter": 2}\n')
+    with pytest.raises(DataError, match=r"metrics.jsonl: line 2 is not a JSON record"):
+        read_metrics(path)

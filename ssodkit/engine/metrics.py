@@ -8,6 +8,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
+from ssodkit.errors import DataError
+
 
 def _clean(value: Any) -> Any:
     if isinstance(value, float) and not math.isfinite(value):
@@ -61,4 +63,20 @@ class MetricsLog:
 
 
 def read_metrics(path: Path) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    """`metrics.jsonl`'s records. A last line cut short (a run killed mid-write, or one still
+    appending while a report reads it) is skipped; a malformed line elsewhere is an error
+    naming it."""
+    lines = path.read_text(encoding="utf-8").splitlines()
+    records = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            if number == len(lines):
+                continue
+            raise DataError(f"{path}: line {number} is not a JSON record") from None
+        if isinstance(record, dict):
+            records.append(record)
+    return records
