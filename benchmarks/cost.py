@@ -31,6 +31,11 @@ per step.
 (JSON loading included), interleaved `--eval-repeats` times; the speedup is the ratio of
 median wall times and `identical` compares the twelve summary numbers.
 
+**Loaders** (`--skip-loaders`; `benchmarks/cost_loader.py`): each method's batch stream
+(the run's own loaders: decoding, views, collation) drained with no step, images/s for each
+`--loader-workers` count, against the step's demand (images per step / the method's step
+time above).
+
 **Pseudolabel** (`--skip-pseudolabel`): `ssodkit pseudolabel`'s images/s against a bare
 `torch.inference_mode()` batched loop over the same model, images and DataLoader workers.
 
@@ -131,6 +136,21 @@ def format_table(steps: dict[str, dict[str, Any]]) -> str:
         )
     above = [p for p, e in steps.items() if e["above_target"]]
     lines.append(f"above target (!): {', '.join(above) if above else 'none'}")
+    return "\n".join(lines)
+
+
+def format_loader_table(loaders: dict[str, dict[str, Any]]) -> str:
+    """Loader images/s per worker count against the step's demand, one method a row."""
+    workers = sorted({w for e in loaders.values() for w in e["images_per_s"]}, key=int)
+    head = f"{'loader (method)':<20} " + " ".join(f"{w + ' wk':>8}" for w in workers) + f" {'step needs':>10} {'0 wk share':>10}"
+    lines = [head, "-" * len(head)]
+    for method, e in loaders.items():
+        rates = " ".join(f"{e['images_per_s'].get(w, math.nan):>8.1f}" for w in workers)
+        demand = e.get("demand_images_per_s", math.nan)
+        share = e.get("serial_share", math.nan)
+        lines.append(f"{method:<20} {rates} {demand:>10.1f} {share:>9.0%}")
+    lines.append("images/s of the run's own batch stream with no step; 'step needs': images per step / step time; "
+                 "'0 wk share': share of a step spent loading when loading is serial (0 workers)")
     return "\n".join(lines)
 
 
@@ -400,6 +420,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--skip-steps", action="store_true")
     parser.add_argument("--skip-evaluate", action="store_true")
     parser.add_argument("--skip-pseudolabel", action="store_true")
+    parser.add_argument("--skip-loaders", action="store_true")
+    parser.add_argument("--loader-workers", type=int, nargs="+", default=[0, 1, 2],
+                        help="data.num_workers values whose loader rate is measured")
+    parser.add_argument("--loader-batches", type=int, default=10, help="batches timed per loader")
+    parser.add_argument("--loader-scale", type=float, default=1.0,
+                        help="images resized ×K and saved as JPEG for the loader rows (2: ~600 px, COCO-like)")
+    parser.add_argument("--loader-short-side", type=int, nargs=2, default=None,
+                        help="views.train_short_side of the loader rows (default: --short-side)")
+    parser.add_argument("--loader-max-size", type=int, default=1333, help="views.max_size with --loader-short-side")
     parser.add_argument("--eval-images", type=int, default=5000)
     parser.add_argument("--eval-dets", type=int, default=100, help="detections per image in the results file")
     parser.add_argument("--eval-repeats", type=int, default=3)
@@ -433,6 +462,10 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         if not args.skip_steps:
             result["steps"] = run_steps(args, Path(tmp))
+        if not args.skip_loaders:
+            from benchmarks.cost_loader import run_loaders
+
+            result["loaders"] = run_loaders(args, Path(tmp) / "loaders", result.get("steps"))
         if not args.skip_evaluate:
             from benchmarks.cost_evaluate import run_evaluate
 
@@ -448,6 +481,8 @@ def main(argv: list[str] | None = None) -> int:
     args.out.write_text(json.dumps(result, indent=1) + "\n")
     if result.get("steps"):
         print(format_table(result["steps"]))
+    if result.get("loaders"):
+        print(format_loader_table(result["loaders"]))
     if "evaluate" in result:
         e = result["evaluate"]
         print(f"evaluate: ssodkit {e['ssodkit_s']:.2f} s, pycocotools {e['pycocotools_s']:.2f} s, "

@@ -57,7 +57,23 @@ class DataConfig(_Section):
         False, description="stop at the first image that cannot be decoded during training "
         "or evaluation instead of skipping it (with a warning) and counting it"
     )
-    num_workers: int = Field(2, ge=0)
+    num_workers: int | Literal["auto"] = Field(
+        "auto", description="data-loading worker processes per stream (labeled, unlabeled); auto: "
+        "(CPUs per process − 1) // 2, between 1 and 8 (see resolve_num_workers)"
+    )
+
+    @field_validator("num_workers", mode="before")
+    @classmethod
+    def _workers(cls, value: Any) -> int | str:
+        if value == "auto":
+            return value
+        try:
+            workers = int(value)
+        except (TypeError, ValueError):
+            workers = -1
+        if workers < 0 or isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+            raise ValueError(f"must be a whole number ≥ 0 or 'auto', got {value!r}")
+        return workers
 
     @property
     def synthetic(self) -> bool:

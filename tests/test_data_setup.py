@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from ssodkit.data.coco import load_unlabeled
 from ssodkit.data.datasets import UnlabeledDataset, identity_view
-from ssodkit.engine.data_setup import MultiViewDataset, parse_view_spec
+from ssodkit.engine.data_setup import MultiViewDataset, parse_view_spec, resolve_num_workers
 from ssodkit.views.config import ViewConfig
 from ssodkit.views.pipelines import photometric_strong_view, strong_view, weak_view
 
@@ -100,3 +101,27 @@ def test_synthetic_kind_key_trains_on_the_fine_set_with_hidden_ground_truth(tmp_
     assert trainer.data.sources.unlabeled_gt is not None
     evals = [r for r in read_metrics(summary.run_dir / "metrics.jsonl") if r["type"] == "eval"]
     assert evals[-1]["pseudo/gt_per_image"] > 0
+
+
+@pytest.mark.parametrize(
+    ("cpus", "processes", "expected"),
+    [(2, 1, 1), (4, 1, 1), (8, 1, 3), (16, 1, 7), (16, 8, 1), (64, 1, 8), (1, 1, 1)],
+)
+def test_auto_workers_split_the_process_share_of_cpus_less_one_between_two_streams(cpus, processes, expected):
+    assert resolve_num_workers("auto", cpus, processes) == expected
+
+
+def test_a_number_of_workers_is_taken_as_given(monkeypatch):
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")
+    assert resolve_num_workers(0) == 0 and resolve_num_workers(5, 2, 4) == 5
+    assert resolve_num_workers("auto", 32) == 3  # torchrun's LOCAL_WORLD_SIZE: 8 CPUs each
+
+
+@pytest.mark.parametrize("bad", ["-1", "many", 1.5, True])
+def test_bad_worker_counts_are_refused_in_one_line(bad):
+    from ssodkit.config import build_config
+    from ssodkit.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"^invalid config: data.num_workers = .*whole number ≥ 0 or 'auto'"):
+        build_config(None, {"data.num_workers": bad})
+    assert build_config(None, {"data.num_workers": "3"}).data.num_workers == 3

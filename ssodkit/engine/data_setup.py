@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,6 +37,27 @@ from ssodkit.plugins import build_view
 from ssodkit.rng import seeded_generator
 
 UNLABELED_SEED_OFFSET = 1_000_003  # separate stream from the labeled one
+MAX_AUTO_WORKERS = 8
+
+
+def resolve_num_workers(setting: int | str, cpus: int | None = None, local_processes: int | None = None) -> int:
+    """Worker processes per stream for `data.num_workers` (an integer is taken as is).
+
+    `auto`: the CPUs this process may use (its share when torchrun starts several on one
+    machine), less one for the training loop, split between the two streams, clamped to
+    1..8. Why: the weak and strong views of one ~600 px JPEG cost a core about 80 ms
+    (`benchmarks/cost.py --loader-scale 2`, docs/benchmarks.md), so a GPU step that consumes
+    20 images/s needs two cores or more of loading, which a fixed count cannot know; more
+    workers than cores only contend with the step.
+    """
+    if setting != "auto":
+        return int(setting)
+    if cpus is None:
+        cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    if local_processes is None:
+        local_processes = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    per_process = max(1, cpus // max(1, local_processes))
+    return max(1, min(MAX_AUTO_WORKERS, (per_process - 1) // 2))
 
 
 @dataclass
@@ -260,7 +282,7 @@ class TrainData:
             num_images, batch_size, seed=seed, rank=self.dist.rank,
             world_size=self.dist.world_size, start_batch=start_batch, repeat_factors=repeat_factors,
         )
-        workers = self.cfg.data.num_workers
+        workers = resolve_num_workers(self.cfg.data.num_workers)
         loader = DataLoader(
             Guarded(dataset), batch_sampler=sampler, num_workers=workers, collate_fn=list,
             persistent_workers=False, prefetch_factor=2 if workers else None,
