@@ -19,6 +19,8 @@ from ssodkit.plugins.factories import build_detector
 
 _LAZY_EXPORTS = {
     "DenseHead": "protocol",
+    "DenseLossFn": "dense",
+    "DenseOutputs": "dense",
     "Detections": "protocol",
     "Detector": "protocol",
     "Target": "protocol",
@@ -32,6 +34,8 @@ _LAZY_EXPORTS = {
 
 __all__ = [
     "DenseHead",
+    "DenseLossFn",
+    "DenseOutputs",
     "Detections",
     "Detector",
     "DetectorConfig",

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, Protocol
 
 import torch
 from torch import Tensor
@@ -21,6 +21,26 @@ BOX_EXP_CLAMP = math.log(1000.0 / 16)  # torchvision's BoxCoder clamp on dw, dh
 BoxCoding = Literal["deltas", "ltrb"]  # (dx, dy, dw, dh) anchor deltas or FCOS's (l, t, r, b) distances
 BoxLoss = Literal["l1", "smooth_l1", "giou"]  # what the detector trains its box numbers with
 SMOOTH_L1_BETA = 1.0 / 9  # torchvision's RPN and RoI head: smooth L1 on box deltas with this β
+
+
+class DenseLossFn(Protocol):
+    """The detector's own training loss of the dense outputs it is attached to, with cells
+    left out: `ignore` per level `[N, H, W, A]` (True = the cell adds nothing to any term and
+    does not count towards the normaliser), in the layout of `DenseOutputs.cls_logits`.
+
+    A method that trains some cells its own way (U2PL-det's unreliable cells) and the rest
+    exactly as the detector does uses it on the outputs of the one forward pass it already
+    made. `targets`, `image_weights` and `cls_only` mean what they mean for `Detector.loss`.
+    """
+
+    def __call__(
+        self,
+        targets: list[dict[str, Tensor]],
+        *,
+        image_weights: Tensor | None = None,
+        cls_only: bool = False,
+        ignore: list[Tensor] | None = None,
+    ) -> dict[str, Tensor]: ...
 
 
 @dataclass
@@ -48,6 +68,9 @@ class DenseOutputs:
     # The largest share of positives in that sample (the RPN's 0.5): the rest are negatives
     # drawn from thousands of background anchors, each one trained rarely.
     positive_fraction: float | None = None
+    # The detector's loss on these very outputs, with cells left out (`DenseLossFn`); None
+    # where the head does not offer it (the RPN's sampled loss).
+    detector_loss: DenseLossFn | None = None
 
     def distillable_boxes(self) -> list[Tensor]:
         """The box outputs to compare between views: unbounded where the head clamps."""

@@ -27,6 +27,7 @@ from ssodkit.detectors.dense import BoxCoding, BoxLoss, DenseOutputs, unflatten_
 from ssodkit.detectors.protocol import Detections, Target
 
 ONE_STAGE_STRIDES = (8, 16, 32)  # P3-P5 from the backbone, P6-P7 from the FPN
+IGNORED = det_utils.Matcher.BETWEEN_THRESHOLDS  # `match` value of a cell no term trains (-2)
 
 
 def _to_anchor_rows(x: Tensor, channels: int) -> Tensor:
@@ -67,10 +68,12 @@ class OneStageDetector(DetectorBase):
         return image_list.image_sizes, outputs, anchors, per_level
 
     def dense(self, images: list[Tensor]) -> DenseOutputs:
-        """`DenseHead`: the head's raw outputs per level on the padded batch's anchor grid."""
+        """`DenseHead`: the head's raw outputs per level on the padded batch's anchor grid,
+        with the head's own loss on them (`detector_loss`, cells can be left out)."""
         image_list, features = self.batch(images)
         outputs = self.head_forward(features)
-        anchors = self.anchor_generator(image_list, features)[0]
+        anchors_per_image = self.anchor_generator(image_list, features)
+        anchors = anchors_per_image[0]
         shapes = [(f.shape[-2], f.shape[-1]) for f in features]
         a = self.anchors_per_location
         per_level = [h * w * a for h, w in shapes]
@@ -86,6 +89,7 @@ class OneStageDetector(DetectorBase):
             box_regression_unbounded=None if unbounded is None else unflatten_levels(unbounded, shapes, a),
             box_coding=self.box_coding,
             box_loss=self.box_loss,
+            detector_loss=partial(self.outputs_loss, outputs, anchors_per_image, per_level),
         )
 
     def head_forward(self, features: list[Tensor]) -> dict[str, Tensor]:
@@ -125,9 +129,33 @@ class OneStageDetector(DetectorBase):
     ) -> dict[str, Tensor]:
         validate_targets(targets, len(images), self.num_classes)
         _, outputs, anchors, per_level = self.dense_forward(images)
-        weights = resolve_image_weights(image_weights, len(images), anchors[0].device)
+        return self.outputs_loss(outputs, anchors, per_level, targets, image_weights=image_weights, cls_only=cls_only)
+
+    def outputs_loss(
+        self,
+        outputs: dict[str, Tensor],
+        anchors: list[Tensor],
+        per_level: list[int],
+        targets: list[Target],
+        *,
+        image_weights: Tensor | None = None,
+        cls_only: bool = False,
+        ignore: list[Tensor] | None = None,
+    ) -> dict[str, Tensor]:
+        """The head's loss on outputs already computed (`DenseLossFn` once the first three
+        are bound); `ignore` per level `[N, H, W, A]` marks cells assigned to nothing: they
+        add to no term and are no positive of any normaliser."""
+        validate_targets(targets, len(anchors), self.num_classes)
+        weights = resolve_image_weights(image_weights, len(anchors), anchors[0].device)
         targets = [{"boxes": t["boxes"].float(), "labels": t["labels"]} for t in targets]
         matched = self.match(targets, anchors, per_level)
+        if ignore is not None:
+            cells = torch.cat([m.flatten(1) for m in ignore], dim=1)
+            if cells.shape != (len(anchors), anchors[0].shape[0]):
+                raise ValueError(
+                    f"ignore covers {tuple(cells.shape)} cells, the outputs have {(len(anchors), anchors[0].shape[0])}"
+                )
+            matched = [m.masked_fill(c.to(m.device), IGNORED) for m, c in zip(matched, cells)]
         return self.head_loss(targets, outputs, anchors, matched, weights, cls_only)
 
     @torch.no_grad()
@@ -332,6 +360,7 @@ class FCOSDetector(OneStageDetector):
         cls_target = torch.zeros_like(logits)
         cls_target[fg, gt_labels[fg]] = 1.0
         per_anchor = sigmoid_focal_loss(logits, cls_target, reduction="none").sum(-1)
+        per_anchor = per_anchor.masked_fill(match == IGNORED, 0.0)  # FCOS's own matching ignores none
         num_fg = max(1.0, float((fg & (weights[:, None] > 0)).sum()))
         losses = {"loss_cls": (weights[:, None] * per_anchor).sum() / num_fg}
         if cls_only:

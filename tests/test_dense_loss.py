@@ -1,0 +1,109 @@
+"""`DenseOutputs.detector_loss`: the one-stage heads' own loss on outputs already computed,
+with cells left out (the seam U2PL-det trains its unreliable cells through)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from ssodkit.detectors import DetectorConfig, build_detector
+
+SMALL = dict(backbone="resnet18", fpn_channels=64, head_convs=1)
+
+
+def tiny(name: str) -> torch.nn.Module:
+    torch.manual_seed(0)
+    return build_detector(DetectorConfig(name=name, **SMALL), 3).eval()  # eval: no BN batch statistics
+
+
+def scene() -> tuple[list[torch.Tensor], list[dict[str, torch.Tensor]]]:
+    torch.manual_seed(1)
+    images = [torch.rand(3, 96, 128), torch.rand(3, 96, 112)]
+    targets = [
+        {"boxes": torch.tensor([[10.0, 12, 60, 70], [70, 20, 120, 90]]), "labels": torch.tensor([0, 2])},
+        {"boxes": torch.tensor([[30.0, 30, 90, 80]]), "labels": torch.tensor([1])},
+    ]
+    return images, targets
+
+
+def flat_cls_output(model: torch.nn.Module) -> list[torch.Tensor]:
+    """The classification head's `[N, Σ cells, K]` output of the next forward, grad retained."""
+    seen: list[torch.Tensor] = []
+
+    def keep(module, args, out):
+        out.retain_grad()
+        seen.append(out)
+
+    model.head.classification_head.register_forward_hook(keep)
+    return seen
+
+
+def as_levels(flat: torch.Tensor, dense) -> list[torch.Tensor]:
+    """`[N, Σ cells]` → per level `[N, H, W, A]`, the layout of `dense.cls_logits`."""
+    shapes = [t.shape[:4] for t in dense.cls_logits]
+    sizes = [s[1] * s[2] * s[3] for s in shapes]
+    return [chunk.reshape(s) for chunk, s in zip(flat.split(sizes, dim=1), shapes)]
+
+
+@pytest.mark.parametrize("name", ["fcos", "retinanet"])
+def test_detector_loss_equals_the_detectors_loss(name):
+    model = tiny(name)
+    images, targets = scene()
+    weights = torch.tensor([1.0, 0.5])
+    expected = model.loss(images, targets, image_weights=weights)
+    dense = model.dense(images)
+    got = dense.detector_loss(targets, image_weights=weights)
+    assert set(got) == set(expected)
+    for k in expected:
+        assert torch.equal(got[k], expected[k]), k
+    no_cell = [torch.zeros(t.shape[:4], dtype=torch.bool) for t in dense.cls_logits]
+    masked = dense.detector_loss(targets, image_weights=weights, ignore=no_cell)
+    assert all(torch.equal(masked[k], expected[k]) for k in expected)
+    assert set(dense.detector_loss(targets, cls_only=True)) == {"loss_cls"}
+
+
+@pytest.mark.parametrize("name", ["fcos", "retinanet"])
+def test_ignored_cells_get_no_gradient_and_the_others_keep_theirs(name):
+    """Ignoring background cells leaves every other cell's gradient as it was (the
+    positives' normaliser is unchanged); ignoring a positive drops its box terms too."""
+    model = tiny(name)
+    images, targets = scene()
+    seen = flat_cls_output(model)
+    dense = model.dense(images)
+    flat = seen[-1]
+    _, _, anchors, per_level = model.dense_forward(images)
+    matched = torch.stack(model.match(targets, anchors, per_level))
+    positive = matched >= 0
+    assert positive.any()
+    torch.manual_seed(2)
+    ignore_flat = (torch.rand(positive.shape) < 0.3) & (matched == -1)
+    ignore = as_levels(ignore_flat, dense)
+
+    full = dense.detector_loss(targets)
+    (g_full,) = torch.autograd.grad(full["loss_cls"], flat, retain_graph=True)
+    part = dense.detector_loss(targets, ignore=ignore)
+    (g_part,) = torch.autograd.grad(part["loss_cls"], flat, retain_graph=True)
+    assert g_part[ignore_flat].abs().max() == 0 and g_full[ignore_flat].abs().max() > 0
+    assert torch.allclose(g_part[~ignore_flat], g_full[~ignore_flat], rtol=1e-5, atol=1e-9)
+    assert torch.equal(part["loss_box"], full["loss_box"])
+
+    # every positive ignored: no box term is left and nothing trains them
+    none_left = dense.detector_loss(targets, ignore=as_levels(positive, dense))
+    assert float(none_left["loss_box"].detach()) == 0.0
+    (g_pos,) = torch.autograd.grad(none_left["loss_cls"], flat)
+    assert g_pos[positive].abs().max() == 0
+
+
+def test_an_ignore_mask_of_the_wrong_grid_is_refused():
+    model = tiny("fcos")
+    images, targets = scene()
+    dense = model.dense(images)
+    wrong = [torch.zeros(1, *t.shape[1:4], dtype=torch.bool) for t in dense.cls_logits]
+    with pytest.raises(ValueError, match="ignore covers"):
+        dense.detector_loss(targets, ignore=wrong)
+
+
+def test_the_rpn_offers_no_detector_loss():
+    model = tiny("faster_rcnn")
+    images, _ = scene()
+    assert model.dense(images).detector_loss is None
