@@ -1,0 +1,137 @@
+"""`u2pl`: U2PL's "every pixel matters" on dense detection heads (spec: docs/methods/u2pl.md).
+
+Per unlabeled batch the teacher sees the weak view and the student a strong view of the
+*same geometry* (colour op and erasing on the weak view's output, as SED and Unbiased
+Teacher), so teacher cell (l, i, j, a) and student cell (l, i, j, a) see the same place at
+the same scale and the teacher's probabilities need no warping; the pseudo boxes move by
+`M_s · M_w⁻¹` = identity.
+
+- Reliable cells: Mean Teacher — the teacher's boxes above τ, the detector's own
+  assignment and loss (`DenseOutputs.detector_loss`), weight β.
+- Unreliable cells (the top α_t by entropy among candidate cells): left out of that loss;
+  instead only their low-ranked classes (r_l..K by the teacher) are trained, towards 0,
+  with the head's focal loss, weight λ_n, normalised by their number.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import torch
+from pydantic import BaseModel, Field
+from torch import Tensor, nn
+
+from ssodkit.detectors import DenseHead, DenseOutputs, TwoStage
+from ssodkit.errors import CapabilityError, ConfigError
+from ssodkit.methods.base import ModelHandle, ViewBatch, prefixed
+from ssodkit.methods.teacher_student import TeacherStudent, TeacherStudentParams
+from ssodkit.pseudo.labels import PseudoLabels
+from ssodkit_u2pl.cells import negative_loss, split_unreliable, unreliable_share
+
+SUPPORTED = "fcos and retinanet (one-stage heads whose dense outputs carry the detector's own loss)"
+
+
+class U2PLParams(TeacherStudentParams):
+    """Mean Teacher's parameters (τ, β, …) plus U2PL's."""
+
+    alpha_0: float = Field(
+        0.2, gt=0, le=1, description="α_0: share of candidate cells that are unreliable at t = 0 (U2PL: 20%)"
+    )
+    total_iters: int | None = Field(
+        None, gt=0, description="T of α_t = α_0·(1 − t/T); null = schedule.iters (α_t reaches 0 at the run's end)"
+    )
+    candidate_floor: float = Field(
+        0.05, ge=0, lt=1,
+        description="a cell is a candidate for the entropy split when the teacher's max class prob exceeds this",
+    )
+    rank_low: int = Field(
+        3, ge=2,
+        description="r_l: the teacher's top r_l − 1 classes of an unreliable cell are ignored, ranks r_l..K are "
+        "trained as negatives (U2PL: 3; 1 would force the cell to background)",
+    )
+    neg_weight: float = Field(1.0, ge=0, description="λ_n: weight of the unreliable cells' negative loss")
+
+
+class U2PL(TeacherStudent):
+    """Mean Teacher on reliable cells; rank-based negatives on unreliable ones."""
+
+    name = "u2pl"
+    requires: ClassVar[frozenset[type]] = frozenset({DenseHead})
+    unlabeled_views: ClassVar[tuple[str, ...]] = ("weak", "strong=photometric_strong@weak")
+    Params: ClassVar[type[BaseModel]] = U2PLParams
+
+    def __init__(self, params: U2PLParams, cfg: Any, class_names: list[str]) -> None:
+        super().__init__(params, cfg, class_names)
+        if params.rank_low > self.num_classes:
+            raise ConfigError(
+                f"method.rank_low = {params.rank_low} leaves no negative class with {self.num_classes} classes "
+                f"(ranks r_l..K are the negatives); give at most {self.num_classes}"
+            )
+        self.total_iters = params.total_iters or cfg.schedule.iters
+
+    def check_detector(self, detector: nn.Module) -> None:
+        """Refuse, in one line, a detector whose dense outputs are not class scores trained
+        by a loss we can mask per cell: one probe forward on a small blank image."""
+        name = self.cfg.detector.name
+        if isinstance(detector, TwoStage):
+            raise CapabilityError(
+                f"method 'u2pl' supports {SUPPORTED}; detector '{name}''s dense outputs are its RPN's "
+                "class-agnostic objectness, which has no class ranks"
+            )
+        device = next(detector.parameters()).device
+        was_training = detector.training
+        detector.eval()
+        try:
+            with torch.no_grad():
+                probe = detector.dense([torch.zeros(3, 64, 64, device=device)])
+        finally:
+            detector.train(was_training)
+        if probe.detector_loss is None:
+            raise CapabilityError(
+                f"method 'u2pl' supports {SUPPORTED}; detector '{name}''s dense outputs have no detector_loss"
+            )
+        super().check_detector(detector)
+
+    def unsupervised_loss(
+        self, student: ModelHandle, teacher: nn.Module, unlabeled: dict[str, ViewBatch], it: int
+    ) -> dict[str, Tensor]:
+        p: U2PLParams = self.params
+        weak, strong = unlabeled["weak"], unlabeled["strong"]
+        teacher.eval()
+        pseudo = self.pseudo_labeler(teacher, weak, strong)
+        self.record_pseudo_stats(pseudo)
+        with torch.no_grad():
+            t_dense = ModelHandle(teacher).dense(weak.images)
+        t_probs = [logits.float().sigmoid() for logits in t_dense.cls_logits]
+        share = unreliable_share(p.alpha_0, it, self.total_iters)
+        unreliable, n_candidates = split_unreliable(t_probs, share, p.candidate_floor)
+        s_dense = student.dense(strong.images)
+        check_same_grid(t_dense, s_dense)
+        losses = self.reliable_loss(s_dense, pseudo, unreliable)
+        neg, n_unreliable = negative_loss(s_dense.cls_logits, t_probs, unreliable, p.rank_low)
+        losses["unsup_loss_neg"] = p.neg_weight * neg
+        images = max(1, len(strong))
+        self.stats.update(
+            {"u2pl_alpha_t": share, "u2pl_candidates": n_candidates / images, "u2pl_unreliable": n_unreliable / images}
+        )
+        return losses
+
+    def reliable_loss(self, s_dense: DenseOutputs, pseudo: PseudoLabels, unreliable: list[Tensor]) -> dict[str, Tensor]:
+        """Mean Teacher's loss with the unreliable cells left out of every term (assigned
+        neither to a box nor to background); nothing when every image's weight is 0."""
+        if float(pseudo.weights.sum()) == 0:
+            return {}
+        assert s_dense.detector_loss is not None, "check_detector() refused heads without detector_loss"
+        targets = [{"boxes": d.boxes.detach(), "labels": d.labels.detach()} for d in pseudo.detections]
+        losses = s_dense.detector_loss(
+            targets, image_weights=pseudo.weights, cls_only=self.unsup_cls_only, ignore=unreliable
+        )
+        return prefixed(losses, "unsup", self.params.unsup_weight)
+
+
+def check_same_grid(teacher: DenseOutputs, student: DenseOutputs) -> None:
+    """The views share geometry, so the padded grids must match cell for cell."""
+    t_shapes = [tuple(t.shape[:4]) for t in teacher.cls_logits]
+    s_shapes = [tuple(s.shape[:4]) for s in student.cls_logits]
+    if t_shapes != s_shapes:
+        raise ValueError(f"u2pl: teacher grid {t_shapes} and student grid {s_shapes} differ (views must share geometry)")
