@@ -8,7 +8,7 @@ import torch
 
 from ssodkit.detectors import DetectorConfig, build_detector
 
-SMALL = dict(backbone="resnet18", fpn_channels=64, head_convs=1)
+SMALL = {"backbone": "resnet18", "fpn_channels": 64, "head_convs": 1}
 
 
 def tiny(name: str) -> torch.nn.Module:

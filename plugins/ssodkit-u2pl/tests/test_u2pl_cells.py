@@ -3,6 +3,7 @@ candidate cells, and where the negative loss's gradient goes."""
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import pytest
@@ -34,7 +35,7 @@ def test_alpha_decays_linearly_to_zero_at_T(cells):
     assert shares[0] == pytest.approx(0.2)
     assert cells.unreliable_share(0.2, 100, total) == pytest.approx(0.15)
     assert cells.unreliable_share(0.2, 200, total) == pytest.approx(0.1)
-    steps = [a - b for a, b in zip(shares, shares[1:])]
+    steps = [a - b for a, b in itertools.pairwise(shares)]
     assert all(s == pytest.approx(0.2 * 50 / total) for s in steps)  # linear
     assert shares[-1] == 0.0 and cells.unreliable_share(0.2, total + 7, total) == 0.0
 

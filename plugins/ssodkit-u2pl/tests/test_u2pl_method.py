@@ -159,9 +159,11 @@ def test_faster_rcnn_is_refused_in_one_line(u2pl, cli, tiny_data, tmp_path):
     assert result.exit_code == 2
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert errors == [
-        "error: method 'u2pl' supports fcos and retinanet (one-stage heads whose dense outputs carry the "
-        "detector's own loss); detector 'faster_rcnn''s dense outputs are its RPN's class-agnostic "
-        "objectness, which has no class ranks"
+        (
+            "error: method 'u2pl' supports fcos and retinanet (one-stage heads whose dense outputs carry the "
+            "detector's own loss), not detector 'faster_rcnn': its dense outputs are the RPN's class-agnostic "
+            "objectness, which has no class ranks"
+        )
     ]
 
 

@@ -75,8 +75,8 @@ class U2PL(TeacherStudent):
         name = self.cfg.detector.name
         if isinstance(detector, TwoStage):
             raise CapabilityError(
-                f"method 'u2pl' supports {SUPPORTED}; detector '{name}''s dense outputs are its RPN's "
-                "class-agnostic objectness, which has no class ranks"
+                f"method 'u2pl' supports {SUPPORTED}, not detector '{name}': its dense outputs are "
+                "the RPN's class-agnostic objectness, which has no class ranks"
             )
         device = next(detector.parameters()).device
         was_training = detector.training
@@ -88,7 +88,8 @@ class U2PL(TeacherStudent):
             detector.train(was_training)
         if probe.detector_loss is None:
             raise CapabilityError(
-                f"method 'u2pl' supports {SUPPORTED}; detector '{name}''s dense outputs have no detector_loss"
+                f"method 'u2pl' supports {SUPPORTED}, not detector '{name}': its dense outputs have no "
+                "detector_loss"
             )
         super().check_detector(detector)
 
