@@ -79,13 +79,14 @@ class U2PL(TeacherStudent):
                 "the RPN's class-agnostic objectness, which has no class ranks"
             )
         device = next(detector.parameters()).device
-        was_training = detector.training
+        modes = [(m, m.training) for m in detector.modules()]  # restored one by one: some may be frozen in eval
         detector.eval()
         try:
             with torch.no_grad():
                 probe = detector.dense([torch.zeros(3, 64, 64, device=device)])
         finally:
-            detector.train(was_training)
+            for module, training in modes:
+                module.training = training
         if probe.detector_loss is None:
             raise CapabilityError(
                 f"method 'u2pl' supports {SUPPORTED}, not detector '{name}': its dense outputs have no "
