@@ -26,16 +26,17 @@ def scene() -> tuple[list[torch.Tensor], list[dict[str, torch.Tensor]]]:
     return images, targets
 
 
-def flat_cls_output(model: torch.nn.Module) -> list[torch.Tensor]:
-    """The classification head's `[N, Σ cells, K]` output of the next forward, grad retained."""
+def level_cls_outputs(model: torch.nn.Module) -> list[torch.Tensor]:
+    """The classifier conv's `[N, A·K, H, W]` outputs, one per level, of the next forward."""
     seen: list[torch.Tensor] = []
-
-    def keep(module, args, out):
-        out.retain_grad()
-        seen.append(out)
-
-    model.head.classification_head.register_forward_hook(keep)
+    model.head.classification_head.cls_logits.register_forward_hook(lambda module, args, out: seen.append(out))
     return seen
+
+
+def cls_grad(loss: torch.Tensor, levels: list[torch.Tensor], k: int) -> torch.Tensor:
+    """d loss / d logits as `[N, Σ cells, K]`, the layout of the detector's loss."""
+    grads = torch.autograd.grad(loss, levels, retain_graph=True)
+    return torch.cat([g.view(g.shape[0], -1, k, *g.shape[-2:]).permute(0, 3, 4, 1, 2).flatten(1, 3) for g in grads], 1)
 
 
 def as_levels(flat: torch.Tensor, dense) -> list[torch.Tensor]:
@@ -68,9 +69,9 @@ def test_ignored_cells_get_no_gradient_and_the_others_keep_theirs(name):
     positives' normaliser is unchanged); ignoring a positive drops its box terms too."""
     model = tiny(name)
     images, targets = scene()
-    seen = flat_cls_output(model)
+    seen = level_cls_outputs(model)
     dense = model.dense(images)
-    flat = seen[-1]
+    levels = list(seen)
     _, _, anchors, per_level = model.dense_forward(images)
     matched = torch.stack(model.match(targets, anchors, per_level))
     positive = matched >= 0
@@ -80,9 +81,9 @@ def test_ignored_cells_get_no_gradient_and_the_others_keep_theirs(name):
     ignore = as_levels(ignore_flat, dense)
 
     full = dense.detector_loss(targets)
-    (g_full,) = torch.autograd.grad(full["loss_cls"], flat, retain_graph=True)
+    g_full = cls_grad(full["loss_cls"], levels, 3)
     part = dense.detector_loss(targets, ignore=ignore)
-    (g_part,) = torch.autograd.grad(part["loss_cls"], flat, retain_graph=True)
+    g_part = cls_grad(part["loss_cls"], levels, 3)
     assert g_part[ignore_flat].abs().max() == 0 and g_full[ignore_flat].abs().max() > 0
     assert torch.allclose(g_part[~ignore_flat], g_full[~ignore_flat], rtol=1e-5, atol=1e-9)
     assert torch.equal(part["loss_box"], full["loss_box"])
@@ -90,7 +91,7 @@ def test_ignored_cells_get_no_gradient_and_the_others_keep_theirs(name):
     # every positive ignored: no box term is left and nothing trains them
     none_left = dense.detector_loss(targets, ignore=as_levels(positive, dense))
     assert float(none_left["loss_box"].detach()) == 0.0
-    (g_pos,) = torch.autograd.grad(none_left["loss_cls"], flat)
+    g_pos = cls_grad(none_left["loss_cls"], levels, 3)
     assert g_pos[positive].abs().max() == 0
 
 
@@ -107,3 +108,18 @@ def test_the_rpn_offers_no_detector_loss():
     model = tiny("faster_rcnn")
     images, _ = scene()
     assert model.dense(images).detector_loss is None
+
+
+@pytest.mark.parametrize("name", ["fcos", "retinanet"])
+def test_class_logits_are_torchvisions_and_the_tower_features_are_kept(name):
+    model = tiny(name)
+    images, _ = scene()
+    _, features = model.batch(images)
+    head = model.head.classification_head
+    outputs = model.head_forward(features)
+    assert torch.equal(outputs["cls_logits"], head(features))
+    dense = model.dense(images)
+    for level, feats in zip(features, dense.cls_features):
+        tower = head.conv(level)  # [N, C, H, W]
+        assert feats.shape == (tower.shape[0], *tower.shape[2:], 1, tower.shape[1])
+        assert torch.equal(feats[:, :, :, 0], tower.permute(0, 2, 3, 1))

@@ -71,6 +71,10 @@ class DenseOutputs:
     # The detector's loss on these very outputs, with cells left out (`DenseLossFn`); None
     # where the head does not offer it (the RPN's sampled loss).
     detector_loss: DenseLossFn | None = None
+    # Per level `[N, H, W, 1, C]`: the classification tower's output at each location, which
+    # its A anchors share (RetinaNet, FCOS; None for the RPN). What a method compares cells
+    # by when it needs representations rather than scores (U2PL-det's contrastive term).
+    cls_features: list[Tensor] | None = None
 
     def distillable_boxes(self) -> list[Tensor]:
         """The box outputs to compare between views: unbounded where the head clamps."""

@@ -79,6 +79,7 @@ class OneStageDetector(DetectorBase):
         per_level = [h * w * a for h, w in shapes]
         ctr = outputs.get("bbox_ctrness")
         unbounded = outputs.get("bbox_regression_unbounded")
+        towers = outputs.get("cls_features")
         return DenseOutputs(
             cls_logits=unflatten_levels(outputs["cls_logits"], shapes, a),
             box_regression=unflatten_levels(outputs["bbox_regression"], shapes, a),
@@ -90,11 +91,25 @@ class OneStageDetector(DetectorBase):
             box_coding=self.box_coding,
             box_loss=self.box_loss,
             detector_loss=partial(self.outputs_loss, outputs, anchors_per_image, per_level),
+            cls_features=None if towers is None else unflatten_levels(towers, shapes, 1),
         )
 
     def head_forward(self, features: list[Tensor]) -> dict[str, Tensor]:
-        """The head's outputs, `[N, A_total, C]` per key (subclasses may add keys)."""
-        return self.head(features)
+        """The head's outputs, `[N, A_total, C]` per key (subclasses may add keys);
+        `cls_features` is `[N, Σ H·W, C]`, one row per location."""
+        logits, towers = self.classify(features)
+        return {"cls_logits": logits, "bbox_regression": self.head.regression_head(features), "cls_features": towers}
+
+    def classify(self, features: list[Tensor]) -> tuple[Tensor, Tensor]:
+        """torchvision's classification head step by step, so that its tower's output is kept
+        too (`DenseOutputs.cls_features`); the logits are the head's own, bit for bit."""
+        head = self.head.classification_head
+        logits, towers = [], []
+        for level in features:
+            tower = head.conv(level)
+            logits.append(_to_anchor_rows(head.cls_logits(tower), head.num_classes))
+            towers.append(_to_anchor_rows(tower, tower.shape[1]))
+        return torch.cat(logits, dim=1), torch.cat(towers, dim=1)
 
     @property
     def anchors_per_location(self) -> int:
@@ -332,8 +347,10 @@ class FCOSDetector(OneStageDetector):
             unbounded.append(_to_anchor_rows(regression_head.bbox_reg(tower), 4))
             centerness.append(_to_anchor_rows(regression_head.bbox_ctrness(tower), 1))
         raw = torch.cat(unbounded, dim=1)
+        logits, towers = self.classify(features)
         return {
-            "cls_logits": self.head.classification_head(features),
+            "cls_logits": logits,
+            "cls_features": towers,
             "bbox_regression": F.relu(raw),
             "bbox_ctrness": torch.cat(centerness, dim=1),
             "bbox_regression_unbounded": raw,

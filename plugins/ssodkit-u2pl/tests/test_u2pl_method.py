@@ -45,8 +45,8 @@ def batch(images: list[torch.Tensor]) -> ViewBatch:
 
 
 def captured(model: torch.nn.Module) -> dict[str, list[torch.Tensor]]:
-    """The head's raw class and box outputs of the next forward: `[N, cells, C]` tensors
-    (RetinaNet, FCOS's classifier) or one `[N, C, H, W]` per level (FCOS's box convs)."""
+    """The head's raw class and box outputs of the next forward: one `[N, A·C, H, W]` per
+    level (the class conv, FCOS's box convs) or `[N, cells, 4]` (RetinaNet's box head)."""
     seen: dict[str, list[torch.Tensor]] = {"cls": [], "box": [], "ctr": []}
 
     def keep(key):
@@ -54,7 +54,7 @@ def captured(model: torch.nn.Module) -> dict[str, list[torch.Tensor]]:
             seen[key].append(out)
         return hook
 
-    model.head.classification_head.register_forward_hook(keep("cls"))
+    model.head.classification_head.cls_logits.register_forward_hook(keep("cls"))
     regression = model.head.regression_head
     if hasattr(regression, "bbox_ctrness"):
         regression.bbox_reg.register_forward_hook(keep("box"))
@@ -102,11 +102,15 @@ def test_unreliable_cells_train_only_their_low_ranked_classes(u2pl, tiny_config,
     keys = [k for k, v in seen.items() if v]
     raw = torch.autograd.grad(total, [t for k in keys for t in seen[k]], allow_unused=True)
     grads, start = {}, 0
+    channels = {"cls": len(CLASSES), "box": 4, "ctr": 1}
     for k in keys:
         parts = [torch.zeros_like(t) if g is None else g for g, t in zip(raw[start : start + len(seen[k])], seen[k])]
         start += len(seen[k])
-        # FCOS's per-level convs: [N, C, H, W] → [N, H·W, C], the loss's cell order
-        grads[k] = torch.cat([g.permute(0, 2, 3, 1).flatten(1, 2) if g.ndim == 4 else g for g in parts], dim=1)
+        # per-level convs: [N, A·C, H, W] → [N, H·W·A, C], the loss's cell order
+        grads[k] = torch.cat([
+            g.view(g.shape[0], -1, channels[k], *g.shape[-2:]).permute(0, 3, 4, 1, 2).flatten(1, 3) if g.ndim == 4 else g
+            for g in parts
+        ], dim=1)
     g_cls = grads["cls"]
     assert g_cls[unreliable][~negative[unreliable]].abs().max() == 0  # top r_l − 1: ignored
     assert g_cls[unreliable][negative[unreliable]].abs().sum() > 0  # low-ranked: trained
