@@ -121,9 +121,12 @@ def test_unreliable_cells_train_only_their_low_ranked_classes(u2pl, tiny_config,
     assert grads["box"][~unreliable].abs().sum() > 0  # reliable positives were trained
 
 
-@pytest.mark.parametrize("detector", ["fcos", "retinanet"])
-def test_trains_through_the_cli_from_its_recipe(u2pl, cli, tiny_data, tmp_path, detector):
+@pytest.mark.parametrize(("detector", "contrastive"), [("fcos", False), ("retinanet", True)])
+def test_trains_through_the_cli_from_its_recipe(u2pl, cli, tiny_data, tmp_path, detector, contrastive):
+    """RetinaNet runs with the contrastive term (anchors at any teacher probability, so the
+    untrained teacher yields some), FCOS without."""
     recipe = next(r for r in RECIPES if r.name == f"u2pl_{detector}.yaml" and r.parent.name == "synthetic")
+    contrast = {"method.contrastive": "true", "method.contrast_anchor_thr": 0.0} if contrastive else {}
     result = cli(
         "train", "--config", recipe, "--train-ann", tiny_data.train, "--train-images", tiny_data.images,
         "--val-ann", tiny_data.val, "--val-images", tiny_data.images, "--unlabeled", tiny_data.unlabeled,
@@ -131,7 +134,7 @@ def test_trains_through_the_cli_from_its_recipe(u2pl, cli, tiny_data, tmp_path, 
         *tiny_set_args(**{
             "data.unlabeled_images": str(tiny_data.images), "data.labeled_percent": 50,
             "method.score_thr": 0.05, "method.candidate_floor": 0.0,
-            "teacher.burn_in": 0, "train.unlabeled_batch_size": 2, "schedule.iters": 3,
+            "teacher.burn_in": 0, "train.unlabeled_batch_size": 2, "schedule.iters": 3, **contrast,
         }),
     )
     assert result.exit_code == 0, result.output
@@ -143,6 +146,9 @@ def test_trains_through_the_cli_from_its_recipe(u2pl, cli, tiny_data, tmp_path, 
     assert alphas == pytest.approx([0.2 * (1 - t / 3) for t in range(3)])  # T = schedule.iters
     assert all(torch.isfinite(torch.tensor(v)) for s in steps for k, v in s.items() if "loss" in k)
     assert "name: u2pl" in (tmp_path / detector / "config.yaml").read_text()
+    assert all(("unsup_loss_contrast" in s) == contrastive for s in steps)
+    if contrastive:
+        assert all(s["u2pl_contrast_classes"] > 0 for s in steps), steps
 
 
 def test_plugins_command_lists_u2pl_with_its_distribution(u2pl, cli):
@@ -195,7 +201,9 @@ def test_a_generic_tier_detector_is_refused_by_capability(u2pl):
         ({"alpha_0": 1.5}, "method.alpha_0"),
         ({"candidate_floor": 1.0}, "method.candidate_floor"),
         ({"neg_weight": -1}, "method.neg_weight"),
-        ({"contrastive": True}, "method.contrastive"),
+        ({"contrast_temperature": 0}, "method.contrast_temperature"),
+        ({"contrastive": True, "contrast_memory": 0}, "method.contrast_memory"),
+        ({"contrast": True}, "method.contrast"),  # a typo: unknown key
     ],
 )
 def test_bad_parameters_are_refused_in_one_line(u2pl, tiny_config, params, message):

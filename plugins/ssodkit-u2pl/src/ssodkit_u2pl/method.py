@@ -27,6 +27,7 @@ from ssodkit.methods.base import ModelHandle, ViewBatch, prefixed
 from ssodkit.methods.teacher_student import TeacherStudent, TeacherStudentParams
 from ssodkit.pseudo.labels import PseudoLabels
 from ssodkit_u2pl.cells import negative_loss, split_unreliable, unreliable_share
+from ssodkit_u2pl.contrast import NegativeMemory, contrastive_loss, location_roles
 
 SUPPORTED = "fcos and retinanet (one-stage heads whose dense outputs carry the detector's own loss)"
 
@@ -50,6 +51,20 @@ class U2PLParams(TeacherStudentParams):
         "trained as negatives (U2PL: 3; 1 would force the cell to background)",
     )
     neg_weight: float = Field(1.0, ge=0, description="λ_n: weight of the unreliable cells' negative loss")
+    contrastive: bool = Field(
+        False, description="add U2PL's contrastive term on the classification tower's features (prototypes as "
+        "positives, a per-class memory of unreliable cells as negatives)"
+    )
+    contrast_weight: float = Field(1.0, ge=0, description="λ_c (U2PL's code: 1; its maintainer suggests 0.1)")
+    contrast_temperature: float = Field(0.5, gt=0, description="InfoNCE temperature (U2PL: 0.5)")
+    contrast_anchor_thr: float = Field(
+        0.3, ge=0, lt=1, description="a reliable cell is an anchor of its teacher class above this probability (U2PL: 0.3)"
+    )
+    contrast_anchors: int = Field(256, gt=0, description="anchors sampled per class and step (U2PL: 256)")
+    contrast_negatives: int = Field(50, gt=0, description="negatives sampled per anchor (U2PL: 50)")
+    contrast_memory: int = Field(
+        4096, gt=0, description="teacher features kept per class as negatives (U2PL: 30000 for 21 classes)"
+    )
 
 
 class U2PL(TeacherStudent):
@@ -68,6 +83,7 @@ class U2PL(TeacherStudent):
                 f"(ranks r_l..K are the negatives); give at most {self.num_classes}"
             )
         self.total_iters = params.total_iters or cfg.schedule.iters
+        self.memory = NegativeMemory(self.num_classes, params.contrast_memory) if params.contrastive else None
 
     def check_detector(self, detector: nn.Module) -> None:
         """Refuse, in one line, a detector whose dense outputs are not class scores trained
@@ -91,6 +107,11 @@ class U2PL(TeacherStudent):
             raise CapabilityError(
                 f"method 'u2pl' supports {SUPPORTED}, not detector '{name}': its dense outputs have no "
                 "detector_loss"
+            )
+        if self.memory is not None and probe.cls_features is None:
+            raise CapabilityError(
+                f"method.contrastive needs the head's features (DenseOutputs.cls_features), which detector "
+                f"'{name}' does not give; set method.contrastive=false"
             )
         super().check_detector(detector)
 
@@ -116,7 +137,39 @@ class U2PL(TeacherStudent):
         self.stats.update(
             {"u2pl_alpha_t": share, "u2pl_candidates": n_candidates / images, "u2pl_unreliable": n_unreliable / images}
         )
+        if self.memory is not None:
+            losses["unsup_loss_contrast"] = p.contrast_weight * self.contrast_term(t_dense, s_dense, t_probs, unreliable)
         return losses
+
+    def contrast_term(
+        self, t_dense: DenseOutputs, s_dense: DenseOutputs, t_probs: list[Tensor], unreliable: list[Tensor]
+    ) -> Tensor:
+        """U2PL's contrastive term on the locations of the shared grid (`contrast.py`)."""
+        p: U2PLParams = self.params
+        assert self.memory is not None and t_dense.cls_features is not None and s_dense.cls_features is not None
+        anchor_of, negative_of = location_roles(t_probs, unreliable, p.rank_low, p.contrast_anchor_thr)
+        s_feats = torch.cat([f.flatten(0, 3) for f in s_dense.cls_features])
+        with torch.no_grad():
+            t_feats = torch.cat([f.flatten(0, 3) for f in t_dense.cls_features]).float()
+        loss, classes = contrastive_loss(
+            s_feats, t_feats, anchor_of, negative_of, self.memory, num_anchors=p.contrast_anchors,
+            num_negatives=p.contrast_negatives, temperature=p.contrast_temperature,
+        )
+        self.stats["u2pl_contrast_classes"] = classes
+        return loss
+
+    # ------------------------------------------------------------------ resume
+    def state_dict(self) -> dict[str, Any]:
+        """The pseudo-labeler's state and, with `contrastive`, the negative memory."""
+        state = super().state_dict()
+        if self.memory is not None:
+            state["memory"] = self.memory.state_dict()
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
+        if self.memory is not None and "memory" in state:
+            self.memory.load_state_dict(state["memory"], "cpu")
 
     def reliable_loss(self, s_dense: DenseOutputs, pseudo: PseudoLabels, unreliable: list[Tensor]) -> dict[str, Tensor]:
         """Mean Teacher's loss with the unreliable cells left out of every term (assigned
