@@ -11,6 +11,8 @@ the same scale and the teacher's probabilities need no warping; the pseudo boxes
 - Unreliable cells (the top α_t by entropy among candidate cells): left out of that loss;
   instead only their low-ranked classes (r_l..K by the teacher) are trained, towards 0,
   with the head's focal loss, weight λ_n, normalised by their number.
+- Optionally (`contrastive`), U2PL's InfoNCE term on the classification tower's features
+  (`contrast.py`).
 """
 
 from __future__ import annotations
@@ -141,6 +143,18 @@ class U2PL(TeacherStudent):
             losses["unsup_loss_contrast"] = p.contrast_weight * self.contrast_term(t_dense, s_dense, t_probs, unreliable)
         return losses
 
+    def reliable_loss(self, s_dense: DenseOutputs, pseudo: PseudoLabels, unreliable: list[Tensor]) -> dict[str, Tensor]:
+        """Mean Teacher's loss with the unreliable cells left out of every term (assigned
+        neither to a box nor to background); nothing when every image's weight is 0."""
+        if float(pseudo.weights.sum()) == 0:
+            return {}
+        assert s_dense.detector_loss is not None, "check_detector() refused heads without detector_loss"
+        targets = [{"boxes": d.boxes.detach(), "labels": d.labels.detach()} for d in pseudo.detections]
+        losses = s_dense.detector_loss(
+            targets, image_weights=pseudo.weights, cls_only=self.unsup_cls_only, ignore=unreliable
+        )
+        return prefixed(losses, "unsup", self.params.unsup_weight)
+
     def contrast_term(
         self, t_dense: DenseOutputs, s_dense: DenseOutputs, t_probs: list[Tensor], unreliable: list[Tensor]
     ) -> Tensor:
@@ -170,18 +184,6 @@ class U2PL(TeacherStudent):
         super().load_state_dict(state)
         if self.memory is not None and "memory" in state:
             self.memory.load_state_dict(state["memory"], "cpu")
-
-    def reliable_loss(self, s_dense: DenseOutputs, pseudo: PseudoLabels, unreliable: list[Tensor]) -> dict[str, Tensor]:
-        """Mean Teacher's loss with the unreliable cells left out of every term (assigned
-        neither to a box nor to background); nothing when every image's weight is 0."""
-        if float(pseudo.weights.sum()) == 0:
-            return {}
-        assert s_dense.detector_loss is not None, "check_detector() refused heads without detector_loss"
-        targets = [{"boxes": d.boxes.detach(), "labels": d.labels.detach()} for d in pseudo.detections]
-        losses = s_dense.detector_loss(
-            targets, image_weights=pseudo.weights, cls_only=self.unsup_cls_only, ignore=unreliable
-        )
-        return prefixed(losses, "unsup", self.params.unsup_weight)
 
 
 def check_same_grid(teacher: DenseOutputs, student: DenseOutputs) -> None:
