@@ -121,6 +121,26 @@ def test_unreliable_cells_train_only_their_low_ranked_classes(u2pl, tiny_config,
     assert grads["box"][~unreliable].abs().sum() > 0  # reliable positives were trained
 
 
+@pytest.mark.parametrize("name", ["fcos", "retinanet"])
+def test_with_no_unreliable_cell_the_loss_is_mean_teachers(u2pl, tiny_config, name):
+    """At t = T (α_t = 0) every cell is reliable: the unlabeled loss is Mean Teacher's,
+    term for term, and the negative term is 0."""
+    student = tiny_detector(name).eval()  # fixed BN statistics: two forwards compare exactly
+    teacher = copy.deepcopy(student)
+    method = method_for(tiny_config, name, score_thr=0.3, candidate_floor=0.0, total_iters=50)
+    method.check_detector(student)
+    torch.manual_seed(1)
+    view = batch([torch.rand(3, 96, 128), torch.rand(3, 96, 112)])
+    ours = method.unsupervised_loss(ModelHandle(student), teacher, {"weak": view, "strong": view}, it=50)
+    pseudo = method.pseudo_labeler(teacher, view, view)
+    assert sum(pseudo.counts) > 0
+    mean_teacher = method.pseudo_label_loss(ModelHandle(student), view, pseudo)
+    assert set(ours) == set(mean_teacher) | {"unsup_loss_neg"}
+    for key, value in mean_teacher.items():
+        assert torch.equal(ours[key], value), key
+    assert float(ours["unsup_loss_neg"].detach()) == 0.0 and method.stats["u2pl_unreliable"] == 0
+
+
 @pytest.mark.parametrize(("detector", "contrastive"), [("fcos", False), ("retinanet", True)])
 def test_trains_through_the_cli_from_its_recipe(u2pl, cli, tiny_data, tmp_path, detector, contrastive):
     """RetinaNet runs with the contrastive term (anchors at any teacher probability, so the
