@@ -68,6 +68,20 @@ def test_split_marks_exactly_alpha_of_the_candidates_the_most_uncertain(cells, s
     assert entropy[flat_m].min() >= entropy[reliable_candidates].max()
 
 
+def test_per_level_split_marks_alpha_of_each_levels_candidates(cells):
+    probs = probs_levels(2)
+    masks, n_candidates = cells.split_unreliable(probs, 0.25, 0.05, per_level=True)
+    total = 0
+    for p, m in zip(probs, masks):
+        flat_p, flat_m = p.flatten(0, -2), m.flatten()
+        candidate = flat_p.max(-1).values > 0.05
+        total += int(candidate.sum())
+        assert int(flat_m.sum()) == math.floor(0.25 * int(candidate.sum())) > 0
+        entropy = cells.class_entropy(flat_p)
+        assert entropy[flat_m].min() >= entropy[candidate & ~flat_m].max()
+    assert n_candidates == total
+
+
 def test_at_T_no_cell_is_unreliable(cells):
     masks, n = cells.split_unreliable(probs_levels(), cells.unreliable_share(0.2, 1000, 1000), 0.05)
     assert n > 0 and not any(m.any() for m in masks)

@@ -64,8 +64,8 @@ def captured(model: torch.nn.Module) -> dict[str, list[torch.Tensor]]:
     return seen
 
 
-@pytest.mark.parametrize("name", ["fcos", "retinanet"])
-def test_unreliable_cells_train_only_their_low_ranked_classes(u2pl, tiny_config, name):
+@pytest.mark.parametrize(("name", "over"), [("fcos", "batch"), ("retinanet", "level")])
+def test_unreliable_cells_train_only_their_low_ranked_classes(u2pl, tiny_config, name, over):
     """The whole unlabeled loss (reliable Mean Teacher part + negatives): at an unreliable
     cell no gradient reaches the teacher's top r_l − 1 class channels, nor the box and
     centerness outputs; its low-ranked channels do get one, and reliable cells train as usual."""
@@ -73,7 +73,7 @@ def test_unreliable_cells_train_only_their_low_ranked_classes(u2pl, tiny_config,
 
     student = tiny_detector(name)
     teacher = copy.deepcopy(student).eval()
-    method = method_for(tiny_config, name, score_thr=0.3, candidate_floor=0.0, alpha_0=0.5, total_iters=100)
+    method = method_for(tiny_config, name, score_thr=0.3, candidate_floor=0.0, alpha_0=0.5, total_iters=100, percentile_over=over)
     method.check_detector(student)
     torch.manual_seed(1)
     images = [torch.rand(3, 96, 128), torch.rand(3, 96, 112)]
@@ -91,7 +91,7 @@ def test_unreliable_cells_train_only_their_low_ranked_classes(u2pl, tiny_config,
     with torch.no_grad():
         probs = [t.sigmoid() for t in teacher.dense(images).cls_logits]
     share = unreliable_share(0.5, 10, 100)
-    masks, _ = split_unreliable(probs, share, 0.0)
+    masks, _ = split_unreliable(probs, share, 0.0, per_level=over == "level")
     unreliable = torch.cat([m.flatten(1) for m in masks], dim=1)  # [N, cells]
     assert unreliable.any()
     flat_probs = torch.cat([p.flatten(1, 3) for p in probs], dim=1)  # [N, cells, K]

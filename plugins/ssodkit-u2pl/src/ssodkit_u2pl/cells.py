@@ -34,15 +34,21 @@ def class_entropy(probs: Tensor) -> Tensor:
     return entropy / math.log(probs.shape[-1] + 1)
 
 
-def split_unreliable(probs: list[Tensor], share: float, floor: float) -> tuple[list[Tensor], int]:
+def split_unreliable(
+    probs: list[Tensor], share: float, floor: float, per_level: bool = False
+) -> tuple[list[Tensor], int]:
     """Per level `[N, H, W, A]` masks of the unreliable cells, and the number of candidates.
 
     Candidates are the cells whose teacher max prob exceeds `floor` (dense grids are mostly
     sure background; a percentile over every cell would call nearly all foreground
     unreliable). Of the batch's candidates, the ⌊share · n⌋ with the highest entropy are
     unreliable (the (100 − α_t) percentile of U2PL, taken over the whole batch as its code
-    does); ties are broken by position.
+    does; `per_level`: over each FPN level's candidates apart, the spec's alternative);
+    ties are broken by position.
     """
+    if per_level:
+        splits = [split_unreliable([p], share, floor) for p in probs]
+        return [masks[0] for masks, _ in splits], sum(n for _, n in splits)
     flat = torch.cat([p.flatten(0, -2) for p in probs])
     candidate = flat.max(dim=-1).values > floor
     n_candidates = int(candidate.sum())

@@ -17,7 +17,7 @@ the same scale and the teacher's probabilities need no warping; the pseudo boxes
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import torch
 from pydantic import BaseModel, Field
@@ -46,6 +46,10 @@ class U2PLParams(TeacherStudentParams):
     candidate_floor: float = Field(
         0.05, ge=0, lt=1,
         description="a cell is a candidate for the entropy split when the teacher's max class prob exceeds this",
+    )
+    percentile_over: Literal["batch", "level"] = Field(
+        "batch", description="the entropy split ranks the candidates of the whole batch (U2PL's code) or of each "
+        "FPN level apart"
     )
     rank_low: int = Field(
         3, ge=2,
@@ -129,7 +133,7 @@ class U2PL(TeacherStudent):
             t_dense = ModelHandle(teacher).dense(weak.images)
         t_probs = [logits.float().sigmoid() for logits in t_dense.cls_logits]
         share = unreliable_share(p.alpha_0, it, self.total_iters)
-        unreliable, n_candidates = split_unreliable(t_probs, share, p.candidate_floor)
+        unreliable, n_candidates = split_unreliable(t_probs, share, p.candidate_floor, p.percentile_over == "level")
         s_dense = student.dense(strong.images)
         check_same_grid(t_dense, s_dense)
         losses = self.reliable_loss(s_dense, pseudo, unreliable)
