@@ -12,7 +12,7 @@ import torch
 
 from ssodkit.config import build_config
 from ssodkit.detectors import DetectorConfig, build_detector
-from ssodkit.errors import CapabilityError, ConfigError
+from ssodkit.errors import CapabilityError, ConfigError, SsodkitError
 from ssodkit.methods.base import ModelHandle, ViewBatch
 from ssodkit.plugins import method_class
 from tests.test_cli import tiny_set_args
@@ -178,6 +178,17 @@ def test_plugins_command_lists_u2pl_with_its_distribution(u2pl, cli):
     assert [(r["kind"], r["package"], r["version"], r["plugin"]) for r in rows] == [
         ("method", "ssodkit-u2pl", "0.1.0", "u2pl")
     ]
+
+
+def test_left_out_by_ssodkit_load_plugins_it_is_gone_and_the_error_names_the_methods(u2pl, monkeypatch):
+    from ssodkit.plugins import reset_plugin_manager
+
+    monkeypatch.setenv("SSODKIT_LOAD_PLUGINS", "")
+    reset_plugin_manager()
+    with pytest.raises(SsodkitError) as err:
+        method_class("u2pl")
+    head, valid = str(err.value).split("; valid: ")
+    assert head == "unknown method 'u2pl'" and "mean_teacher" in valid and "u2pl" not in valid
 
 
 def test_faster_rcnn_is_refused_in_one_line(u2pl, cli, tiny_data, tmp_path):
