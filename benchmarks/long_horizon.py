@@ -78,8 +78,13 @@ def run_dir_state(run_dir: Path, iters: int) -> str:
 
 def method_recipe(method: str, detector: str) -> Path:
     """The method's synthetic recipe supplies its own parameters; the model and image size
-    come from the long-horizon base (the recipe's own sizes are overridden below)."""
-    return ROOT / "recipes" / "synthetic" / f"{method}_{detector}.yaml"
+    come from the long-horizon base (the recipe's own sizes are overridden below). A plugin
+    method's recipe lives in its package (`plugins/*/recipes/synthetic/`)."""
+    name = f"{method}_{detector}.yaml"
+    builtin = ROOT / "recipes" / "synthetic" / name
+    if builtin.exists():
+        return builtin
+    return next(iter(sorted(ROOT.glob(f"plugins/*/recipes/synthetic/{name}"))), builtin)
 
 
 def plan(args: argparse.Namespace) -> list[Job]:
