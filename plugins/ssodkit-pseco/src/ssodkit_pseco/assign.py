@@ -84,17 +84,23 @@ def pcv_weights(student_boxes: Tensor, assigned: Tensor, gt_boxes: Tensor) -> Te
     return weights
 
 
+def roi_count(weights: Tensor) -> int:
+    """N_roi of the RoI losses: the RoIs of images with non-zero weight (a weight-0 image adds
+    nothing, as if it were not in the batch), at least 1."""
+    return max(1, int((weights > 0).sum()))
+
+
 def roi_classification_loss(
     logits: Tensor, labels: Tensor, weights: Tensor, mode: str, gamma: float, alpha: float, focal_weight: float
 ) -> Tensor:
-    """Σ per-RoI classification loss / number of RoIs, each RoI scaled by its image weight.
+    """Σ per-RoI classification loss / N_roi, each RoI scaled by its image weight.
 
     `sigmoid_focal`: a K-way sigmoid focal loss (no background class) on the relative logits
     z_k − z_0 of the detector's K + 1 outputs, times `focal_weight`; a K-way sigmoid
     classifier has K free logits, and z_0 absorbs a shared offset, so this is PseCo's
     classifier on the unchanged detector. `softmax`: the detector's own cross-entropy."""
     logits = logits.float()
-    n = max(1, logits.shape[0])
+    n = roi_count(weights)
     if mode == "softmax":
         per_roi = F.cross_entropy(logits, labels, reduction="none")
         return (weights * per_roi).sum() / n
@@ -104,10 +110,13 @@ def roi_classification_loss(
     return focal_weight * (weights * per_roi).sum() / n
 
 
-def roi_regression_loss(deltas: Tensor, labels: Tensor, targets: Tensor, reg_weights: Tensor) -> Tensor:
+def roi_regression_loss(
+    deltas: Tensor, labels: Tensor, targets: Tensor, reg_weights: Tensor, num_rois: int | None = None
+) -> Tensor:
     """Class-specific L1 on positive RoIs weighted as PseCo: (Σw / Σw²) · Σ w²·L1 / N_roi,
-    so weights act ∝ σ² and their total is Σσ (all w = 1: the plain L1 mean)."""
-    n = max(1, deltas.shape[0])
+    so weights act ∝ σ² and their total is Σσ (all w = 1: the plain L1 mean). `num_rois`:
+    N_roi (`roi_count` of the image weights; default all RoIs)."""
+    n = num_rois if num_rois is not None else max(1, deltas.shape[0])
     pos = torch.where((labels > 0) & (reg_weights > 0))[0]
     if pos.numel() == 0:
         return deltas.sum() * 0.0

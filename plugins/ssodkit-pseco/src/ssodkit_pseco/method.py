@@ -31,6 +31,7 @@ from ssodkit_pseco.assign import (
     pcv_weights,
     pla_assign,
     roi_classification_loss,
+    roi_count,
     roi_regression_loss,
     sample_assigned,
 )
@@ -274,7 +275,8 @@ class Pseco(TeacherStudent):
         reg_weights = roi.image_weights * self.consistency(model, roi, roi_deltas)
         losses["loss_cls"] = roi_classification_loss(
             logits, roi.labels, roi.image_weights, p.roi_cls, p.focal_gamma, p.focal_alpha, p.focal_weight)
-        losses["loss_box"] = roi_regression_loss(roi_deltas, roi.labels, roi.regression, reg_weights)
+        n_roi = roi_count(roi.image_weights)
+        losses["loss_box"] = roi_regression_loss(roi_deltas, roi.labels, roi.regression, reg_weights, n_roi)
         if not p.msl:
             return losses
 
@@ -289,7 +291,7 @@ class Pseco(TeacherStudent):
         logits, roi_deltas = model.roi_outputs(half_features, [r * 0.5 for r in roi.rois], half_list.image_sizes)
         v2["loss_cls"] = roi_classification_loss(
             logits, roi.labels, roi.image_weights, p.roi_cls, p.focal_gamma, p.focal_alpha, p.focal_weight)
-        v2["loss_box"] = roi_regression_loss(roi_deltas, roi.labels, roi.regression, reg_weights)
+        v2["loss_box"] = roi_regression_loss(roi_deltas, roi.labels, roi.regression, reg_weights, n_roi)
         losses.update({f"{k}_v2": v for k, v in v2.items()})
         return losses
 
