@@ -100,6 +100,9 @@ def test_focal_classification_is_k_way_sigmoid_on_relative_logits(pseco):
     assert torch.allclose(got, shifted)  # a shared offset is not a prediction
     ce = roi_classification_loss(logits, labels, torch.ones(6), "softmax", 2.0, 0.25, 10.0)
     assert torch.allclose(ce, torch.nn.functional.cross_entropy(logits, labels))
+    # RoIs of a weight-0 image add nothing and do not count in N_roi
+    half = roi_classification_loss(logits, labels, torch.tensor([1.0, 1, 1, 0, 0, 0]), "softmax", 2.0, 0.25, 10.0)
+    assert torch.allclose(half, torch.nn.functional.cross_entropy(logits[:3], labels[:3]))
 
 
 @pytest.mark.parametrize(("n_pos", "n_neg", "expect"), [(300, 1000, (128, 384)), (10, 1000, (10, 502)), (10, 20, (10, 20))])

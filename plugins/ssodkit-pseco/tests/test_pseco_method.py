@@ -130,6 +130,38 @@ def test_pcv_weights_are_the_mean_iou_of_the_students_decoded_boxes(pseco, tiny_
     assert no_pcv.tolist() == [1.0, 1.0, 1.0, 0.0]
 
 
+@pytest.mark.parametrize("roi_cls", ["softmax", "sigmoid_focal"])
+def test_the_teacher_rescores_every_proposal_and_its_roi_test_is_the_detectors(pseco, tiny_config, roi_cls):
+    """One teacher pass: per-class scores of every proposal (as the classifier was trained),
+    the refined box of its arg-max class, and — with the detector's own softmax — exactly
+    the detector's detections."""
+    from ssodkit.methods.base import ViewBatch
+
+    pseco_method = method(tiny_config, roi_cls=roi_cls, test_score_thr=0.0)
+    model = tiny_frcnn()
+    images, _ = scene()
+    weak = ViewBatch(images, [], [torch.eye(3, dtype=torch.float64)] * 2, [0, 1])
+    outputs, detections = pseco_method.teacher_pass(model, weak)
+    image_list, features = model.features(images)
+    proposals = model.proposals(image_list, features)
+    assert all(torch.equal(a, b) for a, b in zip(outputs.proposals, proposals))
+    logits, _ = model.roi_outputs(features, proposals, image_list.image_sizes)
+    if roi_cls == "softmax":
+        expected = torch.softmax(logits, -1)[:, 1:]
+    else:
+        expected = torch.sigmoid(logits[:, 1:] - logits[:, :1])
+    assert torch.allclose(torch.cat(outputs.scores), expected, atol=1e-6)
+    labels = [s.argmax(1) for s in outputs.scores]
+    refined = model.refine_boxes(features, proposals, labels, image_list.image_sizes)
+    assert all(torch.allclose(a, b, atol=1e-4) for a, b in zip(outputs.refined, refined))
+    if roi_cls == "softmax":
+        model.roi_heads.score_thresh = 0.0
+        for ours, theirs in zip(detections, model.predict(images)):
+            assert len(ours) == len(theirs) == 100
+            assert torch.allclose(ours.boxes, theirs.boxes, atol=1e-4) and torch.equal(ours.labels, theirs.labels)
+            assert torch.allclose(ours.scores, theirs.scores) and torch.allclose(ours.probs, theirs.probs)
+
+
 def tiny_args(tiny_data, tmp_path, **extra) -> list[str]:
     flags = {**TINY_FLAGS, "schedule.iters": 2, "train.unlabeled_batch_size": 2, **extra}
     args = []
