@@ -106,9 +106,8 @@ def test_the_half_view_trains_with_exactly_the_full_views_targets(pseco, tiny_co
 
 
 def test_pcv_weights_are_the_mean_iou_of_the_students_decoded_boxes(pseco, tiny_config):
-    from torchvision.ops import box_iou
-
     from ssodkit_pseco.method import RoiTargets
+    from torchvision.ops import box_iou
 
     pseco_method = method(tiny_config)
     model = tiny_frcnn()
@@ -203,7 +202,7 @@ def test_a_one_stage_detector_is_refused_in_one_line(pseco, cli, tiny_data, tmp_
     assert result.exit_code == 2
     assert [line for line in result.stderr.splitlines() if line.startswith("error:")] == [
         "error: method 'pseco' needs the two_stage capability, which detector 'fcos' does not provide "
-        "(it has: dense_outputs)"
+        + "(it has: dense_outputs)"
     ]
 
 

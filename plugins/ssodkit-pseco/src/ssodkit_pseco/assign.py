@@ -48,7 +48,7 @@ def pla_assign(
         u = best_iou[candidates]
         s = scores[candidates, gt_labels[j]].float().clamp(min=0)
         q = s.pow(alpha) * u.pow(1 - alpha)
-        k = max(1, int(math.floor(float(u.topk(min(topk, candidates.numel())).values.sum()) + 1e-6)))
+        k = max(1, math.floor(float(u.topk(min(topk, candidates.numel())).values.sum()) + 1e-6))
         assigned[candidates[q.topk(k).indices]] = j
     return assigned
 
