@@ -304,7 +304,8 @@ class Pseco(TeacherStudent):
             return pos
         counts = [r.shape[0] for r in roi.rois]
         k1 = roi_deltas.shape[1] // 4
-        chosen = roi_deltas.detach().float().reshape(-1, k1, 4)[torch.arange(roi.labels.numel()), roi.labels]
+        rows = torch.arange(roi.labels.numel(), device=roi.labels.device)
+        chosen = roi_deltas.detach().float().reshape(-1, k1, 4)[rows, roi.labels]
         decoded = model.decode_roi_boxes(chosen, torch.cat(roi.rois)).split(counts)
         weights = [pcv_weights(b, a, g) for b, a, g in zip(decoded, roi.assigned, roi.gt_boxes)]
         out = torch.cat(weights) if weights else pos
