@@ -104,6 +104,13 @@ def test_the_half_view_trains_with_exactly_the_full_views_targets(pseco, tiny_co
     assert all(torch.equal(h, f * 0.5) for h, f in zip(half_boxes, full_boxes))
     assert half_sizes == [(49, 75), (60, 45)] and full_sizes == [(97, 150), (120, 90)]
 
+    # msl off: V1 alone, at the detector's own padding (32: a 128 × 160 batch)
+    seen["rpn"].clear()
+    seen["roi"].clear()
+    alone = method(tiny_config, msl=False).view_losses(model, images, targets, torch.ones(2), roi)
+    assert set(alone) == {f"loss_{k}" for k in ("rpn_cls", "rpn_box", "cls", "box")}
+    assert [grid for grid, _, _ in seen["roi"]] == [(32, 40)] and len(seen["rpn"]) == 1
+
 
 def test_pcv_weights_are_the_mean_iou_of_the_students_decoded_boxes(pseco, tiny_config):
     from ssodkit_pseco.method import RoiTargets
