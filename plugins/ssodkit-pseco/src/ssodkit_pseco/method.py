@@ -287,6 +287,11 @@ class Pseco(TeacherStudent):
         objectness, deltas, _ = flat_rpn(half, slice(0, len(half.cls_logits) - 1))
         labels = [l[first:] for l in anchor_labels]
         targets = [t[first:] for t in anchor_targets]
+        if objectness.numel() != n * labels[0].numel():  # a detector whose levels are not stride 2^l apart
+            raise RuntimeError(
+                f"pseco MSL: the half view's RPN levels have {objectness.numel() // n} anchors per image, the full "
+                f"view's aligned levels {labels[0].numel()}; the grids do not line up (set method.msl: false)"
+            )
         v2 = model.rpn_loss_assigned(objectness, deltas, labels, targets, image_weights, False)
         logits, roi_deltas = model.roi_outputs(half_features, [r * 0.5 for r in roi.rois], half_list.image_sizes)
         v2["loss_cls"] = roi_classification_loss(
