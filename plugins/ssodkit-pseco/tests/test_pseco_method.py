@@ -204,6 +204,20 @@ def test_pseco_is_listed_from_its_distribution(pseco, cli):
     ]
 
 
+def test_excluded_by_ssodkit_load_plugins_it_is_gone(pseco, cli, monkeypatch, tiny_data, tmp_path):
+    from ssodkit.plugins import reset_plugin_manager
+
+    monkeypatch.setenv("SSODKIT_LOAD_PLUGINS", "some-other-plugin")
+    reset_plugin_manager()
+    listed = cli("plugins", "--json")
+    assert "pseco" not in {r["name"] for r in json.loads(listed.stdout)}
+    result = cli("train", "--method", "pseco", *tiny_args(tiny_data, tmp_path))
+    assert result.exit_code == 2
+    assert [line for line in result.stderr.splitlines() if line.startswith("error:")] == [
+        "error: unknown method 'pseco'; valid: mean_teacher, mixpl, sed, soft_teacher, supervised, unbiased_teacher."
+    ]
+
+
 def test_a_one_stage_detector_is_refused_in_one_line(pseco, cli, tiny_data, tmp_path):
     result = cli("train", "--method", "pseco", "--detector", "fcos", *tiny_args(tiny_data, tmp_path))
     assert result.exit_code == 2
