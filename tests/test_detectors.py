@@ -126,7 +126,7 @@ def test_capabilities_are_the_protocols_a_detector_implements():
     assert isinstance(frcnn, TwoStage) and not isinstance(fcos, TwoStage) and isinstance(fcos, DenseHead)
     # forward dispatches exactly the generic tier plus the implemented protocols' methods
     assert set(fcos.forward_modes) == {"loss", "predict", "dense"}
-    assert len(frcnn.forward_modes) == 14
+    assert len(frcnn.forward_modes) == 18
     with pytest.raises(ValueError, match="has no mode 'features'"):
         fcos("features", [torch.rand(3, 64, 64)])
 
@@ -171,6 +171,50 @@ def test_the_typed_handle_routes_every_call_through_the_modules_one_forward():
     # the same results as calling the detector itself
     assert torch.equal(logits, model.roi_outputs(features, proposals, image_list.image_sizes)[0])
     assert torch.equal(dense.cls_logits[0], model.dense([img]).cls_logits[0])
+
+
+def test_two_stage_seams_for_a_second_view_match_the_one_pass_calls():
+    """`features(size_divisible)`, `rpn_targets` + `rpn_loss_assigned` and the RoI box coder
+    are the pieces `rpn_loss` / `refine_boxes` are made of (PseCo's multi-scale view uses them)."""
+    model = tiny("faster_rcnn").eval()
+    img, target = square_scene(96)
+    images = [img, torch.rand(3, 80, 100)]
+    image_list, features = model.features(images)
+    padded, padded_features = model.features(images, size_divisible=128)
+    assert tuple(image_list.tensors.shape[-2:]) == (96, 128) and tuple(padded.tensors.shape[-2:]) == (128, 128)
+    assert padded.image_sizes == image_list.image_sizes
+    assert torch.equal(padded.tensors[..., :96, :], image_list.tensors)  # same content, more zero padding
+    assert [tuple(f.shape[-2:]) for f in padded_features.values()] == [(32, 32), (16, 16), (8, 8), (4, 4), (2, 2)]
+    with pytest.raises(ValueError, match="multiple of 32"):
+        model.features(images, size_divisible=48)
+
+    objectness, deltas, anchors, proposals = model.rpn_forward(image_list, features)
+    targets = [target, {"boxes": torch.zeros((0, 4)), "labels": torch.zeros((0,), dtype=torch.int64)}]
+    torch.manual_seed(1)
+    whole = model.rpn_loss(objectness, deltas, anchors, targets, torch.tensor([1.0, 0.5]), cls_only=False)
+    labels, regression = model.rpn_targets(anchors, targets)
+    assert [tuple(l.shape) for l in labels] == [(a.shape[0],) for a in anchors]
+    assert set(torch.cat(labels).unique().tolist()) <= {-1.0, 0.0, 1.0} and (labels[0] == 1).any()
+    assert not (labels[1] == 1).any()
+    torch.manual_seed(1)
+    parts = model.rpn_loss_assigned(objectness, deltas, labels, regression, torch.tensor([1.0, 0.5]), cls_only=False)
+    assert whole.keys() == parts.keys() and all(torch.equal(whole[k], parts[k]) for k in whole)
+
+    # the RPN's dense outputs flatten (image, level, h, w, anchor) into rpn_forward's order
+    dense = model.rpn_dense(image_list, features)
+    flat = torch.cat([c.reshape(len(images), -1) for c in dense.cls_logits], 1).reshape(-1)
+    assert torch.equal(flat, objectness.flatten()) and torch.equal(torch.cat(dense.anchors), anchors[0])
+
+    boxes = torch.cat(proposals)[:20]
+    gt = boxes + torch.tensor([3.0, -2, 5, 1])
+    encoded = model.encode_roi_boxes(gt, boxes)
+    assert torch.allclose(model.decode_roi_boxes(encoded, boxes), gt, atol=1e-3)
+    label = torch.full((20,), 1)
+    _, roi_deltas = model.roi_outputs(features, [boxes], image_list.image_sizes[:1])
+    decoded = model.decode_roi_boxes(roi_deltas.reshape(20, -1, 4)[:, 2], boxes)
+    refined = model.refine_boxes(features, [boxes], [label], image_list.image_sizes[:1])[0]
+    h, w = image_list.image_sizes[0]
+    assert torch.allclose(decoded.clamp(min=0).minimum(torch.tensor([w, h, w, h])), refined, atol=1e-4)
 
 
 def test_fcos_pseudo_threshold_keeps_the_boxes_mixpl_keeps_at_0_3_on_mmdets_score():

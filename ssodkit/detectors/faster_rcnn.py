@@ -88,9 +88,17 @@ class FasterRCNNDetector(DetectorBase):
             detections_per_img=cfg.detections_per_img,
         )
 
-    def features(self, images: list[Tensor]) -> tuple[ImageList, OrderedDict[str, Tensor]]:
-        """Normalised, padded batch and its named FPN levels (what the RPN and RoI pooling take)."""
-        image_list, _ = self.transform(images, None)
+    def features(
+        self, images: list[Tensor], size_divisible: int | None = None
+    ) -> tuple[ImageList, OrderedDict[str, Tensor]]:
+        """Normalised, padded batch and its named FPN levels (what the RPN and RoI pooling take).
+
+        `size_divisible` pads to a multiple of it instead of the detector's 32 (it must be a
+        multiple of 32), so that a method can line up the grids of two scales of one batch."""
+        if size_divisible is None:
+            image_list, _ = self.transform(images, None)
+        else:
+            image_list = self.transform.pad(images, size_divisible)
         return image_list, self.backbone(image_list.tensors)
 
     @staticmethod
@@ -142,11 +150,27 @@ class FasterRCNNDetector(DetectorBase):
         cls_only: bool,
     ) -> dict[str, Tensor]:
         """Objectness and box loss with per-image weights; class-agnostic (labels are ignored)."""
+        labels, regression_targets = self.rpn_targets(anchors, targets)
+        return self.rpn_loss_assigned(objectness, deltas, labels, regression_targets, weights, cls_only)
+
+    @torch.no_grad()
+    def rpn_targets(self, anchors: list[Tensor], targets: list[Target]) -> tuple[list[Tensor], list[Tensor]]:
+        """The RPN's anchor assignment, per image: labels (1 object, 0 background, −1 ignored;
+        IoU 0.7 / 0.3 with low-quality matches) and the encoded box of each anchor's match.
+        Class-agnostic: target labels are ignored."""
         boxes = [{"boxes": t["boxes"].float()} for t in targets]
         labels, matched_gt = self.rpn.assign_targets_to_anchors(anchors, boxes)
-        regression_targets = self.rpn.box_coder.encode(matched_gt, anchors)
+        return labels, list(self.rpn.box_coder.encode(matched_gt, anchors))
+
+    def rpn_loss_assigned(
+        self, objectness: Tensor, deltas: Tensor, labels: list[Tensor], regression_targets: list[Tensor],
+        weights: Tensor, cls_only: bool,
+    ) -> dict[str, Tensor]:
+        """`rpn_loss` for anchors already assigned (`rpn_targets`): balanced sampling (256 per
+        image, half positive), BCE and smooth-L1 over the sampled anchors, per-image weights.
+        The outputs may come from another feature pass than the anchors (an aligned grid)."""
         pos_masks, neg_masks = self.rpn.fg_bg_sampler(labels)
-        w = per_sample_weights(weights, [a.shape[0] for a in anchors])
+        w = per_sample_weights(weights, [a.shape[0] for a in labels])
         pos = torch.where(torch.cat(pos_masks))[0]
         sampled = torch.cat([pos, torch.where(torch.cat(neg_masks))[0]])
         sampled = sampled[w[sampled] > 0]
@@ -225,6 +249,14 @@ class FasterRCNNDetector(DetectorBase):
             "loss_cls": (w * cls).sum() / w.sum().clamp(min=1.0),
             "loss_box": (w[pos] * box).sum() / max(1, int((w > 0).sum())),
         }
+
+    def encode_roi_boxes(self, boxes: Tensor, proposals: Tensor) -> Tensor:
+        """The RoI head's regression targets `[R, 4]` of `boxes` relative to `proposals`."""
+        return self.roi_heads.box_coder.encode_single(boxes.float(), proposals.float())
+
+    def decode_roi_boxes(self, deltas: Tensor, proposals: Tensor) -> Tensor:
+        """The RoI head's boxes `[R, 4]` from deltas `[R, 4]` on `proposals` (unclipped)."""
+        return self.roi_heads.box_coder.decode_single(deltas.float(), proposals.float())
 
     @torch.no_grad()
     def roi_cls_probs(self, features: dict[str, Tensor], boxes: list[Tensor], sizes) -> Tensor:

@@ -116,8 +116,11 @@ class TwoStage(Protocol):
     head's convention: 0 = background, k + 1 = ssodkit class k.
     """
 
-    def features(self, images: list[Tensor]) -> tuple[ImageList, OrderedDict[str, Tensor]]:
-        """Normalised, padded batch and its named FPN levels."""
+    def features(
+        self, images: list[Tensor], size_divisible: int | None = None
+    ) -> tuple[ImageList, OrderedDict[str, Tensor]]:
+        """Normalised, padded batch and its named FPN levels; `size_divisible` (a multiple of
+        the detector's own) pads further, to line up the grids of two scales of one batch."""
         ...
 
     def rpn_forward(
@@ -138,7 +141,20 @@ class TwoStage(Protocol):
         self, objectness: Tensor, deltas: Tensor, anchors: list[Tensor], targets: list[Target], weights: Tensor,
         cls_only: bool,
     ) -> dict[str, Tensor]:
-        """Class-agnostic RPN loss with per-image weights."""
+        """Class-agnostic RPN loss with per-image weights (`rpn_targets` + `rpn_loss_assigned`)."""
+        ...
+
+    def rpn_targets(self, anchors: list[Tensor], targets: list[Target]) -> tuple[list[Tensor], list[Tensor]]:
+        """Per image: each anchor's label (1 object, 0 background, −1 ignored) and encoded
+        regression target (no gradient)."""
+        ...
+
+    def rpn_loss_assigned(
+        self, objectness: Tensor, deltas: Tensor, labels: list[Tensor], regression_targets: list[Tensor],
+        weights: Tensor, cls_only: bool,
+    ) -> dict[str, Tensor]:
+        """`rpn_loss` on anchors assigned by `rpn_targets`; the outputs (concatenated over
+        images, in the anchors' order) may come from another feature pass on an aligned grid."""
         ...
 
     def sample_rois(self, proposals: list[Tensor], targets: list[Target]) -> tuple[list[Tensor], Tensor, Tensor]:
@@ -147,6 +163,14 @@ class TwoStage(Protocol):
 
     def roi_outputs(self, features: dict[str, Tensor], boxes: list[Tensor], sizes: ImageSizes) -> tuple[Tensor, Tensor]:
         """Class logits `[R, K+1]` and per-class deltas `[R, (K+1)·4]` for the given boxes."""
+        ...
+
+    def encode_roi_boxes(self, boxes: Tensor, proposals: Tensor) -> Tensor:
+        """The RoI head's regression targets `[R, 4]` of `boxes` relative to `proposals`."""
+        ...
+
+    def decode_roi_boxes(self, deltas: Tensor, proposals: Tensor) -> Tensor:
+        """The RoI head's boxes `[R, 4]` from one class's deltas `[R, 4]` on `proposals`."""
         ...
 
     def roi_losses(

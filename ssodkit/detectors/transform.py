@@ -8,6 +8,7 @@ back in the input's pixel coordinates because `postprocess` then maps sizes to t
 from __future__ import annotations
 
 from torch import Tensor
+from torchvision.models.detection.image_list import ImageList
 from torchvision.models.detection.transform import GeneralizedRCNNTransform
 
 
@@ -22,3 +23,11 @@ class NormalizePadTransform(GeneralizedRCNNTransform):
         self, image: Tensor, target: dict[str, Tensor] | None = None
     ) -> tuple[Tensor, dict[str, Tensor] | None]:
         return image, target
+
+    def pad(self, images: list[Tensor], size_divisible: int) -> ImageList:
+        """What `self(images)` returns, padded to a multiple of `size_divisible` instead."""
+        if size_divisible <= 0 or size_divisible % self.size_divisible:
+            raise ValueError(f"size_divisible must be a positive multiple of {self.size_divisible}, got {size_divisible}")
+        normalised = [self.normalize(image) for image in images]
+        sizes = [(int(image.shape[-2]), int(image.shape[-1])) for image in normalised]
+        return ImageList(self.batch_images(normalised, size_divisible=size_divisible), sizes)
