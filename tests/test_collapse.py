@@ -234,3 +234,20 @@ def test_stop_on_collapse_stops_the_run_and_saves_last_pt(mean_teacher, fading_t
     resumed, records = mean_teacher(resume=summary.run_dir, **{"train.stop_on_collapse": True})
     assert resumed.status == "finished" and resumed.iterations == ITERS
     assert [r["message"] for r in records if r["type"] == "collapse"] == resumed.collapse == [warning["message"]]
+
+
+def test_the_reference_windows_start_after_the_burn_in_and_the_lr_warm_up(mean_teacher, monkeypatch):
+    """An --init-from run has no burn-in, and its supervised loss rises with the LR during the
+    warm-up: a reference taken there made the run "collapse" once the LR reached its base."""
+    from ssodkit.engine.collapse import CollapseWatcher
+
+    seen: list[int] = []
+    observe = CollapseWatcher.observe_train
+
+    def spy(self, record):
+        seen.append(record["iter"])
+        return observe(self, record)
+
+    monkeypatch.setattr(CollapseWatcher, "observe_train", spy)
+    mean_teacher(**{"teacher.burn_in": 0, "schedule.warmup_iters": 5, "schedule.iters": 10})
+    assert seen == [8, 10]  # the windows (6, 8] and (8, 10]; (4, 6] began inside the warm-up

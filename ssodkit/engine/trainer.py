@@ -640,8 +640,13 @@ class Trainer:
                             **means,
                         }
                         self.metrics.write(record)
-                        if self.collapse is not None and not self.burn_in.active(self.iteration - cfg.train.log_interval):
-                            self._warn_collapse(self.collapse.observe_train(record))  # whole window semi-supervised
+                        window_start = self.iteration - cfg.train.log_interval
+                        # whole window semi-supervised and past the LR warm-up: a reference taken while
+                        # the LR still rises (an --init-from run's first windows) made the supervised loss
+                        # "rise ×1.6" as soon as the LR reached its base value
+                        if (self.collapse is not None and not self.burn_in.active(window_start)
+                                and window_start >= cfg.schedule.warmup_iters):
+                            self._warn_collapse(self.collapse.observe_train(record))
                         window = {}
                     self._update_burn_in()
                     is_last = self.iteration == total_iters
