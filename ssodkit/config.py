@@ -443,7 +443,16 @@ def resolve_method(cfg: RunConfig) -> RunConfig:
     if resolved_teacher.burn_in == "auto" and resolved_teacher.burn_in_max is None:
         default_max = max(1, min(BURN_IN_MAX_CAP, cfg.schedule.iters // 2))
         resolved_teacher = resolved_teacher.model_copy(update={"burn_in_max": default_max})
-    return cfg.model_copy(update={"method": method_config(cfg.method.name, params), "teacher": resolved_teacher})
+    detector_defaults = {k: v for k, v in method.detector_defaults(params).items() if k not in cfg.detector.model_fields_set}
+    detector = cfg.detector
+    if detector_defaults:
+        try:
+            detector = DetectorConfig.model_validate({**cfg.detector.model_dump(), **detector_defaults})
+        except ValidationError as exc:
+            raise ConfigError(format_validation_error(exc, DetectorConfig, prefix="detector.")) from None
+    return cfg.model_copy(update={
+        "method": method_config(cfg.method.name, params), "teacher": resolved_teacher, "detector": detector,
+    })
 
 
 def method_config(name: str, params: BaseModel) -> MethodConfig:

@@ -261,3 +261,24 @@ def test_retinanet_loss_norm_image_is_torchvisions_and_batch_is_mmdets():
     singles, n, pair = results["batch"]
     for k in pair:
         assert torch.allclose(pair[k], (n[0] * singles[0][k] + n[1] * singles[1][k]) / (n[0] + n[1]), rtol=1e-4)
+
+
+def test_roi_scores_sigmoid_reads_each_class_against_background_as_a_sigmoid_focal_head_is_trained():
+    """`detector.roi_scores`: softmax over K + 1 (torchvision), or sigmoid(z_k − z_0) per class
+    with background 1 − the best class; predictions carry the chosen scores."""
+    logits = torch.tensor([[0.0, 2.0, -1.0], [1.0, 1.0, 3.0]])
+    softmax = tiny("faster_rcnn", num_classes=2)
+    assert torch.allclose(softmax.class_probs(logits), torch.softmax(logits, -1))
+    sigmoid = tiny("faster_rcnn", num_classes=2, roi_scores="sigmoid")
+    classes = torch.sigmoid(logits[:, 1:] - logits[:, :1])
+    expected = torch.cat([1 - classes.max(-1, keepdim=True).values, classes], -1)
+    assert torch.allclose(sigmoid.class_probs(logits), expected)
+    sigmoid.load_state_dict(softmax.state_dict())
+    sigmoid.eval(), softmax.eval()
+    image = [torch.rand(3, 64, 64)]
+    features = softmax.features(image)
+    proposals = softmax.proposals(*features)
+    raw, _ = softmax.roi_outputs(features[1], proposals, features[0].image_sizes)
+    (det,) = sigmoid.predict(image)
+    scores = torch.sigmoid(raw[:, 1:] - raw[:, :1]).flatten()
+    assert len(det) > 0 and all(torch.isclose(scores, s).any() for s in det.scores)

@@ -32,6 +32,10 @@ class DetectorConfig(BaseModel):
         "image", description="RetinaNet: normalise each image's loss by its own foreground count and average "
         "(torchvision), or the batch's sum by the batch's count (mmdet). FCOS always uses the batch's."
     )
+    roi_scores: Literal["softmax", "sigmoid"] = Field(
+        "softmax", description="Faster R-CNN: the RoI head's class scores — softmax over background and the K "
+        "classes (torchvision), or sigmoid(z_k − z_0) for a head trained with a K-way sigmoid focal loss (PseCo)"
+    )
     score_thresh: float = Field(0.05, ge=0.0, le=1.0, description="minimum score of a prediction")
     nms_thresh: float | None = Field(None, gt=0.0, le=1.0, description="None = detector default")
     detections_per_img: int = Field(100, gt=0)

@@ -258,12 +258,23 @@ class FasterRCNNDetector(DetectorBase):
         """The RoI head's boxes `[R, 4]` from deltas `[R, 4]` on `proposals` (unclipped)."""
         return self.roi_heads.box_coder.decode_single(deltas.float(), proposals.float())
 
+    def class_probs(self, logits: Tensor) -> Tensor:
+        """`[R, K+1]` scores from the RoI head's logits, column 0 background
+        (`detector.roi_scores`): softmax, or sigmoid(z_k − z_0) per class with background
+        1 − the best class (what a K-way sigmoid focal loss on z_k − z_0 trains)."""
+        logits = logits.float()
+        if self.cfg.roi_scores == "softmax":
+            return F.softmax(logits, -1)
+        classes = torch.sigmoid(logits[:, 1:] - logits[:, :1])
+        background = 1 - classes.max(-1, keepdim=True).values if classes.shape[1] else torch.ones_like(logits[:, :1])
+        return torch.cat([background, classes], -1)
+
     @torch.no_grad()
     def roi_cls_probs(self, features: dict[str, Tensor], boxes: list[Tensor], sizes) -> Tensor:
-        """Softmax `[R, K+1]` of the RoI head on the given boxes; column 0 is background.
-        Teacher-side, so no gradient."""
+        """Class scores `[R, K+1]` of the RoI head on the given boxes (`class_probs`); column 0
+        is background. Teacher-side, so no gradient."""
         logits, _ = self.roi_outputs(features, boxes, sizes)
-        return F.softmax(logits.float(), -1)
+        return self.class_probs(logits)
 
     @torch.no_grad()
     def refine_boxes(
@@ -310,7 +321,7 @@ class FasterRCNNDetector(DetectorBase):
         """`predict` from an existing feature pass (a teacher reuses it for its filters)."""
         logits, deltas = self.roi_outputs(features, proposals, image_list.image_sizes)
         boxes = self.roi_heads.box_coder.decode(deltas.float(), proposals)
-        probs = F.softmax(logits.float(), -1)
+        probs = self.class_probs(logits)
         counts = [p.shape[0] for p in proposals]
         return [
             self._postprocess(b, p, size)

@@ -181,7 +181,8 @@ class TwoStage(Protocol):
         ...
 
     def roi_cls_probs(self, features: dict[str, Tensor], boxes: list[Tensor], sizes: ImageSizes) -> Tensor:
-        """Softmax `[R, K+1]` of the RoI head on the given boxes (no gradient)."""
+        """Class scores `[R, K+1]` of the RoI head on the given boxes, column 0 background
+        (softmax, or per-class sigmoid with `detector.roi_scores: sigmoid`; no gradient)."""
         ...
 
     def refine_boxes(

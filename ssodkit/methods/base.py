@@ -106,6 +106,12 @@ class Method:
     # declared here, applied by the config, run by the trainer — a method never runs the EMA.
     teacher_defaults: ClassVar[dict[str, Any]] = {}
 
+    @classmethod
+    def detector_defaults(cls, params: BaseModel) -> dict[str, Any]:
+        """`detector.*` values this method's parameters need unless the user set them (PseCo's
+        sigmoid-focal RoI classifier is read with `roi_scores: sigmoid`)."""
+        return {}
+
     def __init__(self, params: BaseModel, cfg: RunConfig, class_names: list[str]) -> None:
         self.params = params
         self.cfg = cfg

@@ -23,9 +23,9 @@ RECIPES = sorted((Path(__file__).resolve().parents[1] / "recipes").rglob("*.yaml
 SMALL = {"backbone": "resnet18", "fpn_channels": 32}
 
 
-def tiny_frcnn() -> torch.nn.Module:
+def tiny_frcnn(roi_scores: str = "softmax") -> torch.nn.Module:
     torch.manual_seed(0)
-    return build_detector(DetectorConfig(name="faster_rcnn", **SMALL), 3).eval()
+    return build_detector(DetectorConfig(name="faster_rcnn", roi_scores=roi_scores, **SMALL), 3).eval()
 
 
 def method(tiny_config, **params):
@@ -140,11 +140,13 @@ def test_pcv_weights_are_the_mean_iou_of_the_students_decoded_boxes(pseco, tiny_
 def test_the_teacher_rescores_every_proposal_and_its_roi_test_is_the_detectors(pseco, tiny_config, roi_cls):
     """One teacher pass: per-class scores of every proposal (as the classifier was trained),
     the refined box of its arg-max class, and — with the detector's own softmax — exactly
-    the detector's detections."""
+    the detector's detections when it scores RoIs the same way (`detector.roi_scores`, which
+    the method sets to match unless the user did)."""
     from ssodkit.methods.base import ViewBatch
 
     pseco_method = method(tiny_config, roi_cls=roi_cls, test_score_thr=0.0)
-    model = tiny_frcnn()
+    assert pseco_method.cfg.detector.roi_scores == ("softmax" if roi_cls == "softmax" else "sigmoid")
+    model = tiny_frcnn(pseco_method.cfg.detector.roi_scores)
     images, _ = scene()
     weak = ViewBatch(images, [], [torch.eye(3, dtype=torch.float64)] * 2, [0, 1])
     outputs, detections = pseco_method.teacher_pass(model, weak)
@@ -160,12 +162,11 @@ def test_the_teacher_rescores_every_proposal_and_its_roi_test_is_the_detectors(p
     labels = [s.argmax(1) for s in outputs.scores]
     refined = model.refine_boxes(features, proposals, labels, image_list.image_sizes)
     assert all(torch.allclose(a, b, atol=1e-4) for a, b in zip(outputs.refined, refined))
-    if roi_cls == "softmax":
-        model.roi_heads.score_thresh = 0.0
-        for ours, theirs in zip(detections, model.predict(images)):
-            assert len(ours) == len(theirs) == 100
-            assert torch.allclose(ours.boxes, theirs.boxes, atol=1e-4) and torch.equal(ours.labels, theirs.labels)
-            assert torch.allclose(ours.scores, theirs.scores) and torch.allclose(ours.probs, theirs.probs)
+    model.roi_heads.score_thresh = 0.0
+    for ours, theirs in zip(detections, model.predict(images)):
+        assert len(ours) == len(theirs) == 100
+        assert torch.allclose(ours.boxes, theirs.boxes, atol=1e-4) and torch.equal(ours.labels, theirs.labels)
+        assert torch.allclose(ours.scores, theirs.scores) and torch.allclose(ours.probs, theirs.probs)
 
 
 def tiny_args(tiny_data, tmp_path, **extra) -> list[str]:
@@ -193,6 +194,8 @@ def test_pseco_trains_end_to_end_through_the_cli(pseco, cli, tiny_data, tmp_path
     for key in ("rpn_cls", "rpn_box", "cls", "box"):
         assert torch.isfinite(torch.tensor(last[f"unsup_loss_{key}"])) and f"unsup_loss_{key}_v2" in last
     assert last["pla_pos_per_image"] > 0 and 0 < last["pcv_mean"] <= 1
+    saved = (tmp_path / "pseco" / "config.yaml").read_text()
+    assert "roi_scores: sigmoid" in saved  # evaluated with the scores it was trained for
 
 
 def test_pseco_is_listed_from_its_distribution(pseco, cli):

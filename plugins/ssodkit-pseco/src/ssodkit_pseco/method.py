@@ -142,6 +142,13 @@ class Pseco(TeacherStudent):
     # official EMA: momentum min(0.999, t/(t+1)) ⇔ m = max(0.001, 1/(1+t)), no burn-in
     teacher_defaults: ClassVar[dict[str, Any]] = {"gamma": 1.0, "min_momentum": 1e-3, "burn_in": 0}
 
+    @classmethod
+    def detector_defaults(cls, params: BaseModel) -> dict[str, Any]:
+        """With the sigmoid-focal classifier the detector scores its RoIs as it was trained
+        (sigmoid(z_k − z_0)), so evaluation, `pseudolabel` and the probe read the same scores
+        as the teacher's pseudo-labels (the official code's sigmoid test scores)."""
+        return {"roi_scores": "sigmoid"} if getattr(params, "roi_cls", None) == "sigmoid_focal" else {}
+
     # ------------------------------------------------------------------ labeled
     def supervised_loss(self, student: ModelHandle, labeled: ViewBatch) -> dict[str, Tensor]:
         """The detector's own loss, or with `sigmoid_focal` the same pipeline with PseCo's
