@@ -120,3 +120,30 @@ def test_negative_loss_is_the_focal_loss_towards_zero_over_the_unreliable_count(
     # cell 0: ranks 0 > 2 > 1, negative = class 1; cell 1: ranks 1 > 2 > 0, negative = class 0
     expected = sigmoid_focal_loss(torch.tensor([-1.0, 0.0]), torch.zeros(2), reduction="sum") / 2
     assert count == 2 and loss == pytest.approx(float(expected), rel=1e-6)
+
+
+def test_cells_inside_a_kept_pseudo_box_are_never_unreliable(cells):
+    """`candidates: outside_boxes`: a cell whose anchor centre lies in one of its image's
+    pseudo boxes takes the box's label; α_t of the remaining candidates are unreliable."""
+    probs = probs_levels()
+    strides = [4, 8]
+    anchors = []
+    for p, s in zip(probs, strides):  # [H·W·A, 4] point-like anchors at each cell's centre
+        h, w, a = p.shape[1:4]
+        ys, xs = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
+        centre = torch.stack([xs, ys], -1).reshape(-1, 1, 2).float() * s + s / 2
+        anchors.append(torch.cat([centre, centre], -1).expand(-1, a, 4).reshape(-1, 4))
+    boxes = [torch.tensor([[0.0, 0.0, 12.0, 12.0]]), torch.zeros(0, 4)]  # image 0: one box; image 1: none
+    inside = cells.cells_inside_boxes(anchors, [tuple(p.shape[:4]) for p in probs], boxes)
+    assert int(inside[0][0, :3, :3].sum()) == 9 * 2 and int(inside[0].sum()) == 18  # centres 2, 6, 10 (stride 4) × 2 anchors; then 4, 12 (stride 8)
+    assert int(inside[1][0].sum()) == 2 * 2 * 2 and not inside[0][1].any() and not inside[1][1].any()
+    for p in probs:  # make the boxed cells the most uncertain of all: the literal split takes them first
+        p[0, :2, :2] = 0.5
+    everywhere, _ = cells.split_unreliable(probs, 0.2, 0.05)
+    assert any(bool((m & i).any()) for m, i in zip(everywhere, inside))
+    masks, n = cells.split_unreliable(probs, 0.2, 0.05, excluded=inside)
+    assert not any(bool((m & i).any()) for m, i in zip(masks, inside))
+    flat_p = torch.cat([p.flatten(0, -2) for p in probs])
+    outside = ~torch.cat([i.flatten() for i in inside])
+    assert n == int(((flat_p.max(-1).values > 0.05) & outside).sum())
+    assert int(sum(m.sum() for m in masks)) == math.floor(0.2 * n)

@@ -34,23 +34,50 @@ def class_entropy(probs: Tensor) -> Tensor:
     return entropy / math.log(probs.shape[-1] + 1)
 
 
+def cells_inside_boxes(anchors: list[Tensor], shapes: list[tuple[int, ...]], boxes: list[Tensor]) -> list[Tensor]:
+    """Per level `[N, H, W, A]`: whether the cell's anchor centre lies inside one of its
+    image's `boxes` (`[M, 4]` xyxy per image, in the grid's pixels). `anchors`: per level
+    `[H·W·A, 4]`, `shapes`: per level `(N, H, W, A)`."""
+    masks = []
+    for level_anchors, shape in zip(anchors, shapes):
+        centre = (level_anchors[:, :2] + level_anchors[:, 2:]) / 2
+        per_image = []
+        for image_boxes in boxes:
+            if image_boxes.numel() == 0:
+                per_image.append(torch.zeros(centre.shape[0], dtype=torch.bool, device=centre.device))
+                continue
+            b = image_boxes.to(centre)
+            x, y = centre[:, None, 0], centre[:, None, 1]
+            inside = (x >= b[:, 0]) & (x <= b[:, 2]) & (y >= b[:, 1]) & (y <= b[:, 3])
+            per_image.append(inside.any(dim=1))
+        masks.append(torch.stack(per_image).reshape(shape))
+    return masks
+
+
 def split_unreliable(
-    probs: list[Tensor], share: float, floor: float, per_level: bool = False
+    probs: list[Tensor], share: float, floor: float, per_level: bool = False,
+    excluded: list[Tensor] | None = None,
 ) -> tuple[list[Tensor], int]:
     """Per level `[N, H, W, A]` masks of the unreliable cells, and the number of candidates.
 
     Candidates are the cells whose teacher max prob exceeds `floor` (dense grids are mostly
     sure background; a percentile over every cell would call nearly all foreground
-    unreliable). Of the batch's candidates, the ⌊share · n⌋ with the highest entropy are
+    unreliable), less the `excluded` cells (per level `[N, H, W, A]`: those inside a kept
+    pseudo box, whose label the box gives). Of the batch's candidates, the ⌊share · n⌋ with the highest entropy are
     unreliable (the (100 − α_t) percentile of U2PL, taken over the whole batch as its code
     does; `per_level`: over each FPN level's candidates apart, the spec's alternative);
     ties are broken by position.
     """
     if per_level:
-        splits = [split_unreliable([p], share, floor) for p in probs]
+        splits = [
+            split_unreliable([p], share, floor, excluded=None if excluded is None else [e])
+            for p, e in zip(probs, excluded or [None] * len(probs))
+        ]
         return [masks[0] for masks, _ in splits], sum(n for _, n in splits)
     flat = torch.cat([p.flatten(0, -2) for p in probs])
     candidate = flat.max(dim=-1).values > floor
+    if excluded is not None:
+        candidate &= ~torch.cat([e.reshape(-1) for e in excluded])
     n_candidates = int(candidate.sum())
     k = math.floor(share * n_candidates + 1e-9)
     unreliable = torch.zeros(flat.shape[0], dtype=torch.bool, device=flat.device)

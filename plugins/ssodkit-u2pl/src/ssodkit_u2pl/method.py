@@ -28,7 +28,7 @@ from ssodkit.errors import CapabilityError, ConfigError
 from ssodkit.methods.base import ModelHandle, ViewBatch, prefixed
 from ssodkit.methods.teacher_student import TeacherStudent, TeacherStudentParams
 from ssodkit.pseudo.labels import PseudoLabels
-from ssodkit_u2pl.cells import negative_loss, split_unreliable, unreliable_share
+from ssodkit_u2pl.cells import cells_inside_boxes, negative_loss, split_unreliable, unreliable_share
 from ssodkit_u2pl.contrast import NegativeMemory, contrastive_loss, location_roles
 
 SUPPORTED = "fcos and retinanet (one-stage heads whose dense outputs carry the detector's own loss)"
@@ -46,6 +46,12 @@ class U2PLParams(TeacherStudentParams):
     candidate_floor: float = Field(
         0.05, ge=0, lt=1,
         description="a cell is a candidate for the entropy split when the teacher's max class prob exceeds this",
+    )
+    candidates: Literal["outside_boxes", "all"] = Field(
+        "outside_boxes", description="which cells the entropy split may call unreliable: those above "
+        "candidate_floor outside every kept pseudo box (default: a cell inside a box takes the box's label, as in "
+        "Mean Teacher), or all of them (the spec read literally: the boxes' own moderately scored cells become "
+        "unreliable and lose their positive target — measured to collapse, docs/methods/u2pl.md)"
     )
     percentile_over: Literal["batch", "level"] = Field(
         "batch", description="the entropy split ranks the candidates of the whole batch (U2PL's code) or of each "
@@ -133,7 +139,13 @@ class U2PL(TeacherStudent):
             t_dense = ModelHandle(teacher).dense(weak.images)
         t_probs = [logits.float().sigmoid() for logits in t_dense.cls_logits]
         share = unreliable_share(p.alpha_0, it, self.total_iters)
-        unreliable, n_candidates = split_unreliable(t_probs, share, p.candidate_floor, p.percentile_over == "level")
+        excluded = None
+        if p.candidates == "outside_boxes":
+            shapes = [tuple(t.shape[:4]) for t in t_probs]
+            excluded = cells_inside_boxes(t_dense.anchors, shapes, [d.boxes for d in pseudo.detections])
+        unreliable, n_candidates = split_unreliable(
+            t_probs, share, p.candidate_floor, p.percentile_over == "level", excluded
+        )
         s_dense = student.dense(strong.images)
         check_same_grid(t_dense, s_dense)
         losses = self.reliable_loss(s_dense, pseudo, unreliable)
