@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib
 import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -54,3 +55,20 @@ def install_repo_plugin(folder: str, site: Path, monkeypatch: pytest.MonkeyPatch
     for module in [m for m in sys.modules if m.split(".")[0] in packages]:
         sys.modules.pop(module)  # import it from `src/`, whatever was imported before
     return str(project["name"])
+
+
+def repo_plugin_fixture(folder: str, name: str) -> Callable[..., Iterator[str]]:
+    """A pytest fixture `name`: `plugins/<folder>` installed (`install_repo_plugin`) and
+    selected by `SSODKIT_LOAD_PLUGINS`, the plugin manager rebuilt around it; it yields the
+    distribution name. Each plugin's `tests/conftest.py` declares its own with this."""
+    from ssodkit.plugins import reset_plugin_manager
+
+    @pytest.fixture(name=name)
+    def fixture(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+        dist = install_repo_plugin(folder, tmp_path_factory.mktemp("site"), monkeypatch)
+        monkeypatch.setenv("SSODKIT_LOAD_PLUGINS", dist)
+        reset_plugin_manager()
+        yield dist
+        reset_plugin_manager()
+
+    return fixture

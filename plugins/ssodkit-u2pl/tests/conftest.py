@@ -4,20 +4,7 @@ core, and a user's editable install points at the same files)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
-import pytest
-
-from ssodkit.plugins import reset_plugin_manager
 from tests.conftest import cli, tiny_config, tiny_data  # noqa: F401  (shared fixtures)
-from tests.distributions import install_repo_plugin
+from tests.distributions import repo_plugin_fixture
 
-
-@pytest.fixture
-def u2pl(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """ssodkit-u2pl installed and selected by `SSODKIT_LOAD_PLUGINS`; its distribution name."""
-    dist = install_repo_plugin("ssodkit-u2pl", tmp_path_factory.mktemp("site"), monkeypatch)
-    monkeypatch.setenv("SSODKIT_LOAD_PLUGINS", dist)
-    reset_plugin_manager()
-    yield dist
-    reset_plugin_manager()
+u2pl = repo_plugin_fixture("ssodkit-u2pl", "u2pl")
