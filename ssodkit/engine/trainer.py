@@ -52,6 +52,7 @@ from ssodkit.engine.runtime import (
     resolve_freeze_bn,
     resolve_schedule_offset,
 )
+from ssodkit.engine.run_lock import RunLock
 from ssodkit.engine.samples import SampleImages, sample_path
 from ssodkit.engine.schedule import build_scheduler
 from ssodkit.engine.summary import build_summary, repro_card, split_hash, write_summary
@@ -168,9 +169,13 @@ class Trainer:
 
         self.method_cls: type[Method] = method_class(cfg.method.name)
         self.run_dir = resume if resume is not None else self._new_run_dir()
+        self._lock = RunLock(self.run_dir)
+        if self.dist.is_main:
+            self._lock.acquire()  # one training process per folder (engine/run_lock.py)
         try:
             self._set_up(cfg, resume)
         except BaseException:
+            self._lock.release()
             if resume is None and self.dist.is_main:
                 self._remove_unused_run_dir()
             raise
@@ -668,6 +673,7 @@ class Trainer:
                         f"resume with --resume {self.run_dir}, or start again from best.pt with --init-from"
                     )
         except BaseException:
+            self._lock.release()
             if self.dist.is_main:
                 self._remove_unused_run_dir()  # nothing trained was saved: leave no empty run folder
             raise
@@ -675,6 +681,7 @@ class Trainer:
             signal.signal(signal.SIGINT, previous)
         sec_per_iter = step_time / max(1, self.iteration - start_iter)
         summary = self._write_run_files(status=status, sec_per_iter=sec_per_iter)
+        self._lock.release()  # the folder is complete: a resume may take it now
         barrier(self.dist)
         return TrainSummary(
             run_dir=self.run_dir, iterations=self.iteration, status=status,
@@ -686,6 +693,7 @@ class Trainer:
         )
 
     def close(self) -> None:
+        self._lock.release()
         if self.tensorboard is not None:
             self.tensorboard.close()
         self.data.close()
