@@ -244,10 +244,13 @@ def markdown(result: dict) -> str:
         "|---|---:|---:|---:|---:|---:|",
     ]
     for tag, row in sorted(result["rows"].items()):
-        teacher = f"{row['map']:.1f} ± {row['map_std']:.1f}" if not tag.startswith("supervised") else "—"
+        def cell(mean: float, std: float) -> str:  # one seed has no spread: none is shown
+            return f"{mean:.1f} ± {std:.1f}" if row["seeds"] > 1 else f"{mean:.1f}"
+
+        teacher = cell(row["map"], row["map_std"]) if not tag.startswith("supervised") else "—"
         wall = "—" if row["wall_min"] is None else f"{row['wall_min']:.0f} min"
         lines.append(
-            f"| {tag} | {teacher} | {row['student_map']:.1f} ± {row['student_map_std']:.1f} | "
+            f"| {tag} | {teacher} | {cell(row['student_map'], row['student_map_std'])} | "
             f"{row['seeds']} | {row['iters']} | {wall} |"
         )
     return "\n".join(lines)
