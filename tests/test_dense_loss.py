@@ -123,3 +123,19 @@ def test_class_logits_are_torchvisions_and_the_tower_features_are_kept(name):
         tower = head.conv(level)  # [N, C, H, W]
         assert feats.shape == (tower.shape[0], *tower.shape[2:], 1, tower.shape[1])
         assert torch.equal(feats[:, :, :, 0], tower.permute(0, 2, 3, 1))
+
+
+@pytest.mark.parametrize("name", ["fcos", "retinanet"])
+def test_dense_outputs_detections_are_predict_on_the_same_outputs(name):
+    """One teacher pass gives cells and boxes: `dense(images).detections()` is `predict(images)`."""
+    torch.manual_seed(0)
+    detector = build_detector(DetectorConfig(name=name, backbone="resnet18", fpn_channels=64, head_convs=1,
+                                             score_thresh=0.0), 3).eval()
+    images = [torch.rand(3, 96, 128), torch.rand(3, 80, 112)]
+    with torch.no_grad():
+        expected, dense = detector.predict(images), detector.dense(images)
+        got = dense.detections()
+    assert [len(d) for d in got] == [100, 100]
+    for a, b in zip(expected, got, strict=True):
+        assert torch.equal(a.boxes, b.boxes) and torch.equal(a.scores, b.scores)
+        assert torch.equal(a.labels, b.labels) and torch.equal(a.probs, b.probs)

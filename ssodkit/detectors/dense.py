@@ -10,8 +10,9 @@ half size); U2PL-det and `stats grad` assign every cell with the detector's own 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 import torch
 from torch import Tensor
@@ -75,6 +76,10 @@ class DenseOutputs:
     # its A anchors share (RetinaNet, FCOS; None for the RPN). What a method compares cells
     # by when it needs representations rather than scores (U2PL-det's contrastive term).
     cls_features: list[Tensor] | None = None
+    # The detector's predictions from these very outputs — what `predict` returns for the same
+    # images (call it in eval mode, without gradients) — so a teacher that needs both its cells
+    # and its boxes runs once (U2PL-det); None where the head does not offer it.
+    detections: Callable[[], list[Any]] | None = None
 
     def distillable_boxes(self) -> list[Tensor]:
         """The box outputs to compare between views: unbounded where the head clamps."""

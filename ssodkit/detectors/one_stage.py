@@ -92,6 +92,7 @@ class OneStageDetector(DetectorBase):
             box_loss=self.box_loss,
             detector_loss=partial(self.outputs_loss, outputs, anchors_per_image, per_level),
             cls_features=None if towers is None else unflatten_levels(towers, shapes, 1),
+            detections=partial(self.outputs_detections, outputs, anchors_per_image, per_level, image_list.image_sizes),
         )
 
     def head_forward(self, features: list[Tensor]) -> dict[str, Tensor]:
@@ -176,11 +177,18 @@ class OneStageDetector(DetectorBase):
     @torch.no_grad()
     def predict(self, images: list[Tensor]) -> list[Detections]:
         sizes, outputs, anchors, per_level = self.dense_forward(images)
+        return self.outputs_detections(outputs, anchors, per_level, sizes)
+
+    @torch.no_grad()
+    def outputs_detections(
+        self, outputs: dict[str, Tensor], anchors: list[Tensor], per_level: list[int], sizes: list[tuple[int, int]]
+    ) -> list[Detections]:
+        """`predict` on outputs already computed (`DenseOutputs.detections` once bound)."""
         scores = self.class_scores(outputs).float()
         regression = outputs["bbox_regression"].float()
         return [
             self._postprocess(scores[i], regression[i], anchors[i], per_level, sizes[i])
-            for i in range(len(images))
+            for i in range(len(anchors))
         ]
 
     def _postprocess(

@@ -133,10 +133,13 @@ class U2PL(TeacherStudent):
         p: U2PLParams = self.params
         weak, strong = unlabeled["weak"], unlabeled["strong"]
         teacher.eval()
-        pseudo = self.pseudo_labeler(teacher, weak, strong)
-        self.record_pseudo_stats(pseudo)
-        with torch.no_grad():
+        with torch.no_grad():  # one teacher pass gives the cells and the boxes
             t_dense = ModelHandle(teacher).dense(weak.images)
+            detections = t_dense.detections() if t_dense.detections is not None else None
+        if detections is None:
+            detections = self.pseudo_labeler.predict(teacher, weak)
+        pseudo = self.pseudo_labeler.label(detections, weak, strong)
+        self.record_pseudo_stats(pseudo)
         t_probs = [logits.float().sigmoid() for logits in t_dense.cls_logits]
         share = unreliable_share(p.alpha_0, it, self.total_iters)
         excluded = None
