@@ -13,6 +13,7 @@ import importlib
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -72,3 +73,13 @@ def repo_plugin_fixture(folder: str, name: str) -> Callable[..., Iterator[str]]:
         reset_plugin_manager()
 
     return fixture
+
+
+def plugin_rows(cli: Callable[..., Any], name: str) -> list[tuple[str, str, str, str]]:
+    """`ssodkit plugins --json`'s rows for `name` as (kind, package, version, plugin): what a
+    plugin package's test compares with what it registers."""
+    import json
+
+    result = cli("plugins", "--json")
+    assert result.exit_code == 0, result.output
+    return [(r["kind"], r["package"], r["version"], r["plugin"]) for r in json.loads(result.stdout) if r["name"] == name]

@@ -18,6 +18,7 @@ from ssodkit.detectors import DetectorConfig, build_detector
 from ssodkit.errors import ConfigError
 from ssodkit.plugins import method_class
 from tests.conftest import TINY_FLAGS
+from tests.distributions import plugin_rows
 
 RECIPES = sorted((Path(__file__).resolve().parents[1] / "recipes").rglob("*.yaml"))
 SMALL = {"backbone": "resnet18", "fpn_channels": 32}
@@ -199,12 +200,7 @@ def test_pseco_trains_end_to_end_through_the_cli(pseco, cli, tiny_data, tmp_path
 
 
 def test_pseco_is_listed_from_its_distribution(pseco, cli):
-    result = cli("plugins", "--json")
-    assert result.exit_code == 0, result.output
-    rows = [r for r in json.loads(result.stdout) if r["name"] == "pseco"]
-    assert [(r["kind"], r["package"], r["version"], r["plugin"]) for r in rows] == [
-        ("method", "ssodkit-pseco", "0.1.0", "pseco")
-    ]
+    assert plugin_rows(cli, "pseco") == [("method", "ssodkit-pseco", "0.1.0", "pseco")]
 
 
 def test_excluded_by_ssodkit_load_plugins_it_is_gone(pseco, cli, monkeypatch, tiny_data, tmp_path):

@@ -21,6 +21,7 @@ from ssodkit.detectors import (
 )
 from ssodkit.errors import CapabilityError, ConfigError
 from ssodkit.plugins import method_class, reset_plugin_manager
+from tests.distributions import plugin_rows
 
 RECIPES = sorted((Path(__file__).resolve().parents[1] / "recipes").rglob("*.yaml"))
 
@@ -192,12 +193,7 @@ def test_train_command_refuses_sed_in_one_line(ssdlite, cli, tiny_data, tmp_path
 
 
 def test_plugins_command_lists_ssdlite_with_its_distribution(ssdlite, cli):
-    result = cli("plugins", "--json")
-    assert result.exit_code == 0, result.output
-    rows = [r for r in json.loads(result.stdout) if r["name"] == "ssdlite"]
-    assert [(r["kind"], r["package"], r["version"], r["plugin"]) for r in rows] == [
-        ("detector", "ssodkit-ssdlite", "0.1.0", "ssdlite")
-    ]
+    assert plugin_rows(cli, "ssdlite") == [("detector", "ssodkit-ssdlite", "0.1.0", "ssdlite")]
 
 
 def test_excluded_by_ssodkit_load_plugins_it_is_gone(ssdlite, cli, monkeypatch, tiny_data, tmp_path):

@@ -15,6 +15,7 @@ from ssodkit.detectors import DetectorConfig, build_detector
 from ssodkit.errors import CapabilityError, ConfigError, SsodkitError
 from ssodkit.methods.base import ModelHandle, ViewBatch
 from ssodkit.plugins import method_class
+from tests.distributions import plugin_rows
 from tests.test_cli import tiny_set_args
 
 RECIPES = sorted((Path(__file__).resolve().parents[1] / "recipes").rglob("*.yaml"))
@@ -173,12 +174,7 @@ def test_trains_through_the_cli_from_its_recipe(u2pl, cli, tiny_data, tmp_path, 
 
 
 def test_plugins_command_lists_u2pl_with_its_distribution(u2pl, cli):
-    result = cli("plugins", "--json")
-    assert result.exit_code == 0, result.output
-    rows = [r for r in json.loads(result.stdout) if r["name"] == "u2pl"]
-    assert [(r["kind"], r["package"], r["version"], r["plugin"]) for r in rows] == [
-        ("method", "ssodkit-u2pl", "0.1.0", "u2pl")
-    ]
+    assert plugin_rows(cli, "u2pl") == [("method", "ssodkit-u2pl", "0.1.0", "u2pl")]
 
 
 def test_left_out_by_ssodkit_load_plugins_it_is_gone_and_the_error_names_the_methods(u2pl, monkeypatch):
