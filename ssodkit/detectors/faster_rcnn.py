@@ -266,8 +266,7 @@ class FasterRCNNDetector(DetectorBase):
         if self.cfg.roi_scores == "softmax":
             return F.softmax(logits, -1)
         classes = torch.sigmoid(logits[:, 1:] - logits[:, :1])
-        background = 1 - classes.max(-1, keepdim=True).values if classes.shape[1] else torch.ones_like(logits[:, :1])
-        return torch.cat([background, classes], -1)
+        return torch.cat([1 - classes.max(-1, keepdim=True).values, classes], -1)
 
     @torch.no_grad()
     def roi_cls_probs(self, features: dict[str, Tensor], boxes: list[Tensor], sizes) -> Tensor:
@@ -287,7 +286,7 @@ class FasterRCNNDetector(DetectorBase):
         index = torch.cat(labels) + 1
         deltas = deltas.float().reshape(deltas.shape[0], self.num_classes + 1, 4)
         deltas = deltas[torch.arange(index.numel(), device=index.device), index]
-        refined = self.roi_heads.box_coder.decode_single(deltas, torch.cat(boxes).float())
+        refined = self.decode_roi_boxes(deltas, torch.cat(boxes))
         counts = [b.shape[0] for b in boxes]
         return [box_ops.clip_boxes_to_image(r, size) for r, size in zip(refined.split(counts), sizes)]
 
